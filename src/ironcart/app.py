@@ -1,0 +1,55 @@
+"""Builds the ASGI application for all contexts or for one service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from ironcart.bootstrap import bootstrap
+from ironcart.identity.api import router as identity_router
+from ironcart.platform.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ironcart.platform.http.ops import router as ops_router
+from ironcart.platform.http.problems import install_problem_handlers
+from ironcart.platform.settings import Settings
+
+SERVICES: dict[str, list[APIRouter]] = {
+    "identity": [identity_router],
+}
+
+
+def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
+    """The app serving `service` ("all" or one context); connections open in the lifespan."""
+    if service != "all" and service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; choose all or one of {sorted(SERVICES)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container = bootstrap(settings)
+        app.state.container = container
+        app.state.token_verifier = container.token_verifier
+        app.state.readiness_checks = container.readiness_checks
+        app.state.readiness_timeout = settings.server.readiness_timeout_seconds
+        try:
+            yield
+        finally:
+            await container.aclose()
+
+    app = FastAPI(
+        title="IronCart",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    app.include_router(ops_router)
+    selected = SERVICES if service == "all" else {service: SERVICES[service]}
+    for routers in selected.values():
+        for router in routers:
+            app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

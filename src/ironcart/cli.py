@@ -1,0 +1,180 @@
+"""The `ironcart` command: serve, migrate, seed, users, clients, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from ironcart.platform.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+SERVICE_CHOICES = ["all", "identity"]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _run(factory: Callable[[Settings], Awaitable[T]], settings: Settings) -> T:
+    from ironcart.platform.observability import configure_logging
+
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    return asyncio.run(factory(settings))
+
+
+async def _with_identity(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
+    from ironcart.bootstrap import bootstrap
+
+    container = bootstrap(settings)
+    try:
+        return await use(container.identity)
+    finally:
+        await container.aclose()
+
+
+@click.group()
+def main() -> None:
+    """IronCart: an e-commerce backend that stays up, correct, secure and fast."""
+
+
+@main.command()
+@click.option("--service", type=click.Choice(SERVICE_CHOICES), default="all", show_default=True,
+              help="Serve every context, or one context as its own service.")
+@click.option("--host", default=None, help="Bind address [default: IRONCART_HOST or 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: IRONCART_PORT or 8000].")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+def serve(service: str, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the HTTP API (uvicorn; SIGTERM drains in-flight requests)."""
+    import uvicorn
+
+    settings = _settings(host=host, port=port, workers=workers)
+    os.environ["IRONCART_SERVICE"] = service
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers are separate processes: metrics are aggregated through files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ironcart-metrics-")
+    from ironcart.platform.observability import configure_logging
+
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    uvicorn.run(
+        "ironcart.asgi:create",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=settings.server.graceful_shutdown_seconds,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic)."""
+    from ironcart.platform.migrations import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo("database is up to date")
+
+
+@main.command()
+def seed() -> None:
+    """Create the demo accounts (idempotent). Development and test environments only."""
+    settings = _settings()
+    if settings.environment.value == "production":
+        raise click.ClickException("refusing to seed demo accounts in production")
+    from ironcart.seed import seed_demo
+
+    for line in _run(lambda s: seed_demo(s), settings):
+        click.echo(line)
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts."""
+
+
+@user.command("create")
+@click.option("--email", required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--name", default=None, help="Display name [default: the email's local part].")
+@click.option("--role", "roles", multiple=True, default=["customer"], show_default=True,
+              type=click.Choice(["customer", "staff", "admin"]))
+def user_create(email: str, password: str, name: str | None, roles: tuple[str, ...]) -> None:
+    """Create an account with the given role(s)."""
+    from ironcart.platform.errors import IronCartError
+
+    settings = _settings()
+
+    async def create(identity: Any) -> Any:
+        return await identity.create_user(
+            email=email, password=password, name=name or email.split("@")[0], roles=roles
+        )
+
+    try:
+        created = _run(lambda s: _with_identity(s, create), settings)
+    except IronCartError as error:
+        raise click.ClickException(error.detail) from None
+    click.echo(f"created user {created.id} <{created.email}> roles={','.join(sorted(created.roles))}")
+
+
+@main.group()
+def client() -> None:
+    """Manage OAuth2 service clients (client-credentials grant)."""
+
+
+@client.command("create")
+@click.option("--name", required=True)
+@click.option("--scope", "scopes", multiple=True, required=True, help="Allowed scope (repeatable).")
+def client_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Register a service client; prints its id and secret (the secret is shown only once)."""
+    from ironcart.identity.domain import parse_scopes
+    from ironcart.platform.errors import IronCartError
+
+    try:
+        allowed = parse_scopes(" ".join(scopes))
+    except IronCartError as error:
+        raise click.ClickException(error.detail) from None
+    settings = _settings()
+    client_id, secret = _run(
+        lambda s: _with_identity(s, lambda i: i.create_client(name=name, scopes=allowed)), settings
+    )
+    click.echo(f"client_id={client_id}")
+    click.echo(f"client_secret={secret}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage the access-token signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key current; the old one verifies tokens until they expire."""
+    settings = _settings()
+    kid = _run(lambda s: _with_identity(s, lambda i: i.rotate_signing_key()), settings)
+    click.echo(f"new signing key kid={kid}")
+
+
+@main.command()
+def worker() -> None:
+    """Run the background worker (periodic jobs of every context)."""
+    from ironcart.worker import run_worker
+
+    settings = _settings()
+    _run(run_worker, settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

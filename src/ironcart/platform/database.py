@@ -1,0 +1,129 @@
+"""Async SQLAlchemy engines, the shared metadata and the unit of work.
+
+Every context declares its tables on `metadata` with its own name prefix
+(`identity_`, `catalog_`, ...); no context reads another's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ironcart.platform.settings import DatabaseBackend, database_backend, normalise_database_url
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Build the async engine for a user-facing URL (`sqlite:///`, `postgresql://`, `mysql://`)."""
+    driver_url = normalise_database_url(url)
+    backend = database_backend(url)
+    if backend is DatabaseBackend.SQLITE:
+        engine = create_async_engine(
+            driver_url, poolclass=NullPool if ":memory:" not in driver_url else None
+        )
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    options: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+        "pool_timeout": 5,
+    }
+    if backend is DatabaseBackend.POSTGRESQL:
+        options["connect_args"] = {"timeout": 5, "command_timeout": 30}
+    else:
+        options["connect_args"] = {"connect_timeout": 5}
+    return create_async_engine(driver_url, **options)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Run `SELECT 1`; raises if the database cannot be reached."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+class UnitOfWork:
+    """One use case's transaction: `async with uow: ...; await uow.commit()`.
+
+    Leaving the block without `commit()` rolls back. Repositories receive the
+    session and never commit themselves.
+    """
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        self._session_factory = session_factory
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("the unit of work is not open: use `async with uow:`")
+        return self._session
+
+    async def __aenter__(self) -> Self:
+        self._session = self._session_factory()
+        self._open_repositories(self._session)
+        return self
+
+    def _open_repositories(self, session: AsyncSession) -> None:
+        """Subclasses attach their repositories to the new session here."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        session = self.session
+        try:
+            await session.rollback()
+        finally:
+            await session.close()
+            self._session = None
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+__all__ = [
+    "Engine",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+    "create_engine",
+    "metadata",
+    "ping",
+    "session_factory",
+]

@@ -1,0 +1,97 @@
+"""The error model every context builds on.
+
+    IronCartError                 code, kind, detail, extra data
+     ├── BadRequest               kind=bad_request (malformed protocol request, e.g. OAuth2)
+ ├── NotFound                 kind=not_found
+     ├── Conflict                 kind=conflict
+     ├── InvalidRequest           kind=invalid
+     ├── Unauthenticated          kind=unauthenticated
+     ├── Forbidden                kind=forbidden
+     ├── RateLimited              kind=rate_limited (carries retry_after_seconds)
+     └── ServiceUnavailable       kind=unavailable
+
+Each context subclasses these with a stable `code` (e.g. `identity.invalid_grant`).
+Errors carry no HTTP status: `platform.http.problems` maps `kind` to a status in one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorKind(StrEnum):
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+class IronCartError(Exception):
+    code: ClassVar[str] = "ironcart.error"
+    kind: ClassVar[ErrorKind] = ErrorKind.INVALID
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(
+        self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class BadRequest(IronCartError):
+    code = "ironcart.bad_request"
+    kind = ErrorKind.BAD_REQUEST
+    title = "Bad request"
+
+
+class NotFound(IronCartError):
+    code = "ironcart.not_found"
+    kind = ErrorKind.NOT_FOUND
+    title = "Not found"
+
+
+class Conflict(IronCartError):
+    code = "ironcart.conflict"
+    kind = ErrorKind.CONFLICT
+    title = "Conflict"
+
+
+class InvalidRequest(IronCartError):
+    code = "ironcart.invalid_request"
+    kind = ErrorKind.INVALID
+    title = "Invalid request"
+
+
+class Unauthenticated(IronCartError):
+    code = "ironcart.unauthenticated"
+    kind = ErrorKind.UNAUTHENTICATED
+    title = "Authentication required"
+
+
+class Forbidden(IronCartError):
+    code = "ironcart.forbidden"
+    kind = ErrorKind.FORBIDDEN
+    title = "Forbidden"
+
+
+class RateLimited(IronCartError):
+    code = "ironcart.rate_limited"
+    kind = ErrorKind.RATE_LIMITED
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after_seconds: int, **extra: Any) -> None:
+        self.retry_after_seconds = max(1, retry_after_seconds)
+        super().__init__(detail, **extra)
+
+
+class ServiceUnavailable(IronCartError):
+    code = "ironcart.unavailable"
+    kind = ErrorKind.UNAVAILABLE
+    title = "Service unavailable"

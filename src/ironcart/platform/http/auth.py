@@ -1,0 +1,78 @@
+"""The one authentication dependency every protected route uses.
+
+401 (with `WWW-Authenticate: Bearer`) when there is no valid token;
+403 (with `error="insufficient_scope"`) when the token lacks the scope.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ironcart.contracts.identity import Principal
+from ironcart.platform.errors import Forbidden, Unauthenticated
+from ironcart.platform.security.tokens import AccessTokenVerifier, InvalidAccessToken
+
+REALM = 'Bearer realm="ironcart"'
+
+
+class InsufficientScope(Forbidden):
+    code = "auth.insufficient_scope"
+    title = "Insufficient scope"
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "A bearer access token is required.", headers={"WWW-Authenticate": REALM}
+        )
+    return token.strip()
+
+
+async def current_principal(request: Request) -> Principal:
+    token = _bearer_token(request)
+    verifier: AccessTokenVerifier = request.app.state.token_verifier
+    try:
+        return await verifier.verify(token)
+    except InvalidAccessToken as error:
+        error.headers["WWW-Authenticate"] = (
+            f'{REALM}, error="invalid_token", error_description="{error.detail}"'
+        )
+        raise
+
+
+def require_scope(*scopes: str) -> object:
+    """A dependency that admits a principal holding any one of `scopes`."""
+
+    async def dependency(
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> Principal:
+        if not any(principal.has_scope(scope) for scope in scopes):
+            wanted = " ".join(scopes)
+            raise InsufficientScope(
+                f"This operation needs one of the scopes: {wanted}.",
+                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{wanted}"'},
+            )
+        return principal
+
+    return Depends(dependency)
+
+
+async def current_user(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    if not principal.is_user:
+        raise InsufficientScope(
+            "This operation is for signed-in people, not service clients.",
+            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
+        )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+CurrentUser = Annotated[Principal, Depends(current_user)]
+StaffOnly = Annotated[Principal, require_scope("staff")]
+AdminOnly = Annotated[Principal, require_scope("admin")]

@@ -1,0 +1,59 @@
+"""Operational endpoints: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ironcart.platform.http.problems import problem
+from ironcart.platform.observability import render_metrics
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+_log = structlog.get_logger("ironcart.ops")
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is alive and its event loop answers."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def _run_check(name: str, check: ReadinessCheck, timeout: float) -> tuple[str, str | None]:
+    try:
+        await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return name, "timed out"
+    except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
+        _log.warning("readiness_check_failed", dependency=name, error=type(error).__name__)
+        return name, type(error).__name__
+    return name, None
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Every dependency answers within the timeout: 200, else 503 naming the failing ones."""
+    checks: Mapping[str, ReadinessCheck] = request.app.state.readiness_checks
+    timeout: float = request.app.state.readiness_timeout
+    results = await asyncio.gather(*(_run_check(n, c, timeout) for n, c in checks.items()))
+    failing = {name: reason for name, reason in results if reason is not None}
+    if failing:
+        return problem(
+            503, "not_ready", title="Not ready",
+            detail="Dependencies are unreachable: " + ", ".join(sorted(failing)) + ".",
+            headers={"Retry-After": "5"}, checks={n: (failing.get(n) or "ok") for n in checks},
+        )
+    body = {"status": "ok", "checks": dict.fromkeys(checks, "ok")}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,183 @@
+"""One validated `Settings` object for the whole process.
+
+Sources, highest priority first: keyword arguments, `IRONCART_*` environment
+variables (nested sections with `__`, e.g. `IRONCART_IDENTITY__ACCESS_TOKEN_TTL_SECONDS`),
+an optional TOML file named by `IRONCART_CONFIG_FILE`, then the defaults below.
+Nothing here is read at import time: `load_settings()` is called by the composition root.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105 - refused outside development
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class DatabaseBackend(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+    MYSQL = "mysql"
+
+
+_DRIVERS = {
+    "sqlite": (DatabaseBackend.SQLITE, "sqlite+aiosqlite"),
+    "sqlite+aiosqlite": (DatabaseBackend.SQLITE, "sqlite+aiosqlite"),
+    "postgres": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
+    "postgresql": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
+    "postgresql+asyncpg": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
+    "postgresql+psycopg": (DatabaseBackend.POSTGRESQL, "postgresql+psycopg"),
+    "mysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
+    "mariadb": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
+    "mysql+aiomysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
+    "mariadb+aiomysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
+}
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the URL a user writes (`postgresql://`, `mariadb://`, `sqlite:///`) to an async driver URL."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in _DRIVERS:
+        supported = "sqlite:///path, postgresql://..., mysql://... or mariadb://..."
+        raise ValueError(f"unsupported database URL scheme {scheme!r}; use {supported}")
+    return f"{_DRIVERS[scheme.lower()][1]}://{rest}"
+
+
+def database_backend(url: str) -> DatabaseBackend:
+    scheme = url.partition("://")[0].lower()
+    return _DRIVERS[scheme][0]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentitySettings(_Section):
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=3600, le=365 * 24 * 3600)
+    issuer: str = Field(default="ironcart", min_length=1, max_length=200)
+    audience: str = Field(default="ironcart-api", min_length=1, max_length=200)
+    # OWASP Password Storage Cheat Sheet minimum for Argon2id: m=19 MiB, t=2, p=1.
+    argon2_memory_kib: int = Field(default=19456, ge=19456)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_parallelism: int = Field(default=1, ge=1, le=16)
+    password_hashing_concurrency: int = Field(default=4, ge=1, le=64)
+    login_failures_per_account_per_hour: int = Field(default=100, ge=1, le=100)
+    login_attempts_per_ip_per_minute: int = Field(default=30, ge=1)
+    registrations_per_ip_per_hour: int = Field(default=50, ge=1)
+    jwks_reload_min_interval_seconds: float = Field(default=5.0, ge=0.0)
+
+
+class ServerSettings(_Section):
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    graceful_shutdown_seconds: int = Field(default=30, ge=1, le=600)
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+
+class Settings(BaseSettings):
+    """Everything the process can be told. Invalid values stop the start with the setting's name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IRONCART_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    database_url: str = "sqlite:///var/ironcart.db"
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_url: str | None = None
+    secret_key: str = Field(default=DEVELOPMENT_SECRET, min_length=16)
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    log_json: bool = True
+    identity: IdentitySettings = IdentitySettings()
+    server: ServerSettings = ServerSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        normalise_database_url(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and self.secret_key == DEVELOPMENT_SECRET:
+            raise ValueError("IRONCART_SECRET_KEY must be set to a real secret in production")
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        return normalise_database_url(self.database_url)
+
+    @property
+    def database_backend(self) -> DatabaseBackend:
+        return database_backend(self.database_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("IRONCART_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """Raised when the configuration is invalid; the message names every bad setting."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, turning pydantic's error into one readable message."""
+    config_file = os.environ.get("IRONCART_CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise SettingsError(f"IRONCART_CONFIG_FILE: no such file: {config_file}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for item in error.errors():
+        path = [str(part) for part in item["loc"] if part != "__root__"]
+        name = "IRONCART_" + "__".join(path).upper() if path else "settings"
+        lines.append(f"  {name}: {item['msg']}")
+    return "\n".join(lines)
