@@ -42,7 +42,9 @@ def bootstrap(settings: Settings) -> Container:
         if settings.redis_url
         else None
     )
-    limiter = RateLimiter.redis(settings.redis_url) if settings.redis_url else RateLimiter.in_process()
+    limiter = (
+        RateLimiter.redis(settings.redis_url) if settings.redis_url else RateLimiter.in_process()
+    )
     identity_settings = settings.identity
     identity = IdentityService(
         uow_factory=lambda: IdentityUnitOfWork(sessions),

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -24,7 +24,7 @@ def _settings(**overrides: Any) -> Settings:
         raise click.ClickException(str(error)) from None
 
 
-def _run(factory: Callable[[Settings], Awaitable[T]], settings: Settings) -> T:
+def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settings) -> T:
     from ironcart.platform.observability import configure_logging
 
     configure_logging(level=settings.log_level, json=settings.log_json)
@@ -47,8 +47,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--service", type=click.Choice(SERVICE_CHOICES), default="all", show_default=True,
-              help="Serve every context, or one context as its own service.")
+@click.option(
+    "--service",
+    type=click.Choice(SERVICE_CHOICES),
+    default="all",
+    show_default=True,
+    help="Serve every context, or one context as its own service.",
+)
 @click.option("--host", default=None, help="Bind address [default: IRONCART_HOST or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: IRONCART_PORT or 8000].")
 @click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
@@ -109,8 +114,14 @@ def user() -> None:
 @click.option("--email", required=True)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--name", default=None, help="Display name [default: the email's local part].")
-@click.option("--role", "roles", multiple=True, default=["customer"], show_default=True,
-              type=click.Choice(["customer", "staff", "admin"]))
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    default=["customer"],
+    show_default=True,
+    type=click.Choice(["customer", "staff", "admin"]),
+)
 def user_create(email: str, password: str, name: str | None, roles: tuple[str, ...]) -> None:
     """Create an account with the given role(s)."""
     from ironcart.platform.errors import IronCartError
@@ -126,7 +137,9 @@ def user_create(email: str, password: str, name: str | None, roles: tuple[str, .
         created = _run(lambda s: _with_identity(s, create), settings)
     except IronCartError as error:
         raise click.ClickException(error.detail) from None
-    click.echo(f"created user {created.id} <{created.email}> roles={','.join(sorted(created.roles))}")
+    click.echo(
+        f"created user {created.id} <{created.email}> roles={','.join(sorted(created.roles))}"
+    )
 
 
 @main.group()

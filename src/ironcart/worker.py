@@ -14,7 +14,9 @@ _log = structlog.get_logger("ironcart.worker")
 HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 
 
-async def run_worker(settings: Settings, *, interval: float = HOUSEKEEPING_INTERVAL_SECONDS) -> None:
+async def run_worker(
+    settings: Settings, *, interval: float = HOUSEKEEPING_INTERVAL_SECONDS
+) -> None:
     container = bootstrap(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from ironcart.identity.domain import (
     parse_scopes,
 )
 from ironcart.identity.service import IdentityService
-from ironcart.platform.http.auth import CurrentUser
+from ironcart.platform.http.auth import CurrentUserId
 
 MAX_FORM_FIELD = 4096
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -69,13 +69,18 @@ class UserRead(BaseModel):
 
     @classmethod
     def of(cls, user: User) -> UserRead:
-        return cls(id=user.id, email=user.email, name=user.name, roles=sorted(user.roles),
-                   created_at=user.created_at)
+        return cls(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            roles=sorted(user.roles),
+            created_at=user.created_at,
+        )
 
 
 class TokenRead(BaseModel):
     access_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the RFC 6750 token type, not a secret
     expires_in: int
     scope: str
     refresh_token: str | None = None
@@ -97,22 +102,22 @@ async def register(body: UserRegister, request: Request, identity: Identity) -> 
 
 
 @router.get("/api/v1/me", response_model=UserRead)
-async def read_me(principal: CurrentUser, identity: Identity) -> UserRead:
-    assert principal.user_id is not None
-    return UserRead.of(await identity.get_user(user_id=principal.user_id))
+async def read_me(user_id: CurrentUserId, identity: Identity) -> UserRead:
+    return UserRead.of(await identity.get_user(user_id=user_id))
 
 
 @router.patch("/api/v1/me", response_model=UserRead)
-async def update_me(body: UserUpdate, principal: CurrentUser, identity: Identity) -> UserRead:
-    assert principal.user_id is not None
-    return UserRead.of(await identity.update_profile(user_id=principal.user_id, name=body.name))
+async def update_me(body: UserUpdate, user_id: CurrentUserId, identity: Identity) -> UserRead:
+    return UserRead.of(await identity.update_profile(user_id=user_id, name=body.name))
 
 
 @router.post("/api/v1/me/password", status_code=204)
-async def change_password(body: PasswordChange, principal: CurrentUser, identity: Identity) -> Response:
-    assert principal.user_id is not None
+async def change_password(
+    body: PasswordChange, user_id: CurrentUserId, identity: Identity
+) -> Response:
     await identity.change_password(
-        user_id=principal.user_id, current_password=body.current_password,
+        user_id=user_id,
+        current_password=body.current_password,
         new_password=body.new_password,
     )
     return Response(status_code=204)
@@ -158,7 +163,9 @@ def _client_credentials(request: Request, fields: dict[str, str]) -> tuple[str, 
 
 def _token_response(pair: TokenPair) -> Response:
     body: dict[str, Any] = TokenRead(
-        access_token=pair.access_token, expires_in=pair.expires_in, scope=pair.scope,
+        access_token=pair.access_token,
+        expires_in=pair.expires_in,
+        scope=pair.scope,
         refresh_token=pair.refresh_token,
     ).model_dump(exclude_none=True)
     return Response(orjson.dumps(body), media_type="application/json", headers=NO_STORE)
@@ -167,12 +174,31 @@ def _token_response(pair: TokenPair) -> Response:
 @router.post(
     "/api/v1/auth/token",
     response_model=TokenRead,
-    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
-        "type": "object", "required": ["grant_type"],
-        "properties": {name: {"type": "string", "maxLength": MAX_FORM_FIELD} for name in (
-            "grant_type", "username", "password", "refresh_token", "scope",
-            "client_id", "client_secret")},
-    }}}, "required": True}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["grant_type"],
+                        "properties": {
+                            name: {"type": "string", "maxLength": MAX_FORM_FIELD}
+                            for name in (
+                                "grant_type",
+                                "username",
+                                "password",
+                                "refresh_token",
+                                "scope",
+                                "client_id",
+                                "client_secret",
+                            )
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
 )
 async def token(request: Request, identity: Identity) -> Response:
     fields = await _oauth_form(request)
@@ -180,8 +206,10 @@ async def token(request: Request, identity: Identity) -> Response:
     scope = parse_scopes(fields.get("scope"))
     if grant_type == "password":
         pair = await identity.password_grant(
-            username=_required(fields, "username"), password=_required(fields, "password"),
-            scope=scope, client_ip=_client_ip(request),
+            username=_required(fields, "username"),
+            password=_required(fields, "password"),
+            scope=scope,
+            client_ip=_client_ip(request),
         )
     elif grant_type == "refresh_token":
         pair = await identity.refresh_grant(
@@ -200,10 +228,23 @@ async def token(request: Request, identity: Identity) -> Response:
 @router.post(
     "/api/v1/auth/revoke",
     status_code=200,
-    openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
-        "type": "object", "required": ["token"],
-        "properties": {"token": {"type": "string"}, "token_type_hint": {"type": "string"}},
-    }}}, "required": True}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["token"],
+                        "properties": {
+                            "token": {"type": "string"},
+                            "token_type_hint": {"type": "string"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
 )
 async def revoke(request: Request, identity: Identity) -> Response:
     fields = await _oauth_form(request)

@@ -1,16 +1,16 @@
 """Identity rules: accounts, password policy, OAuth2 grants. Pure Python, no I/O.
 
-    IronCartError
-     ├── OAuthError                  RFC 6749 error responses (`error` field)
-     │    ├── InvalidRequest         error=invalid_request
-     │    ├── InvalidClient          error=invalid_client (401)
-     │    ├── InvalidGrant           error=invalid_grant (bad credentials, used/revoked refresh token)
-     │    ├── UnsupportedGrantType   error=unsupported_grant_type
-     │    └── InvalidScope           error=invalid_scope
-     ├── WeakPassword                the password policy refused a new password
-     ├── WrongPassword               the current password given to change it is wrong
-     ├── EmailAlreadyRegistered      (raised to staff tools only; self-registration hides it)
-     └── UserNotFound
+IronCartError
+ ├── OAuthError                  RFC 6749 error responses (`error` field)
+ │    ├── InvalidRequest         error=invalid_request
+ │    ├── InvalidClient          error=invalid_client (401)
+ │    ├── InvalidGrant           error=invalid_grant (bad credentials, used/revoked refresh token)
+ │    ├── UnsupportedGrantType   error=unsupported_grant_type
+ │    └── InvalidScope           error=invalid_scope
+ ├── WeakPassword                the password policy refused a new password
+ ├── WrongPassword               the current password given to change it is wrong
+ ├── EmailAlreadyRegistered      (raised to staff tools only; self-registration hides it)
+ └── UserNotFound
 """
 
 from __future__ import annotations

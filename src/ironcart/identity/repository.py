@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     LargeBinary,
@@ -24,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ironcart.identity.domain import EmailAlreadyRegistered, RefreshToken, ServiceClient, User
-from ironcart.platform.database import UnitOfWork, metadata
+from ironcart.platform.database import Timestamp, UnitOfWork, metadata
 
 users = Table(
     "identity_users",
@@ -34,15 +33,16 @@ users = Table(
     Column("name", String(200), nullable=False),
     Column("password_hash", String(255), nullable=False),
     Column("is_active", Boolean, nullable=False, default=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
 )
 
 user_roles = Table(
     "identity_user_roles",
     metadata,
-    Column("user_id", String(36), ForeignKey("identity_users.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "user_id", String(36), ForeignKey("identity_users.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("role", String(32), primary_key=True),
 )
 
@@ -52,12 +52,17 @@ refresh_tokens = Table(
     Column("id", String(36), primary_key=True),
     Column("token_digest", String(64), nullable=False, unique=True),
     Column("family_id", String(36), nullable=False, index=True),
-    Column("user_id", String(36), ForeignKey("identity_users.id", ondelete="CASCADE"),
-           nullable=False, index=True),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("used_at", DateTime(timezone=True), nullable=True),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column(
+        "user_id",
+        String(36),
+        ForeignKey("identity_users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("issued_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("used_at", Timestamp, nullable=True),
+    Column("revoked_at", Timestamp, nullable=True),
 )
 
 clients = Table(
@@ -68,7 +73,7 @@ clients = Table(
     Column("secret_digest", String(64), nullable=False),
     Column("scopes", Text, nullable=False),
     Column("is_active", Boolean, nullable=False, default=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 signing_keys = Table(
@@ -78,8 +83,8 @@ signing_keys = Table(
     Column("algorithm", String(16), nullable=False),
     Column("public_jwk", Text, nullable=False),
     Column("private_key_sealed", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("retired_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("retired_at", Timestamp, nullable=True),
     Index("ix_identity_signing_keys_retired_at", "retired_at"),
 )
 
@@ -98,8 +103,13 @@ class SqlUserRepository:
         try:
             await self._session.execute(
                 insert(users).values(
-                    id=user.id, email=user.email, name=user.name, password_hash=user.password_hash,
-                    is_active=user.is_active, created_at=user.created_at, updated_at=user.created_at,
+                    id=user.id,
+                    email=user.email,
+                    name=user.name,
+                    password_hash=user.password_hash,
+                    is_active=user.is_active,
+                    created_at=user.created_at,
+                    updated_at=user.created_at,
                 )
             )
         except IntegrityError:
@@ -124,7 +134,9 @@ class SqlUserRepository:
             update(users).where(users.c.id == user_id).values(name=name, updated_at=now)
         )
 
-    async def update_password_hash(self, user_id: str, password_hash: str, *, now: datetime) -> None:
+    async def update_password_hash(
+        self, user_id: str, password_hash: str, *, now: datetime
+    ) -> None:
         await self._session.execute(
             update(users)
             .where(users.c.id == user_id)
@@ -145,9 +157,13 @@ class SqlUserRepository:
             select(user_roles.c.role).where(user_roles.c.user_id == row["id"])
         )
         return User(
-            id=row["id"], email=row["email"], name=row["name"],
-            roles=frozenset(roles.scalars()), password_hash=row["password_hash"],
-            is_active=bool(row["is_active"]), created_at=utc(row["created_at"]),
+            id=row["id"],
+            email=row["email"],
+            name=row["name"],
+            roles=frozenset(roles.scalars()),
+            password_hash=row["password_hash"],
+            is_active=bool(row["is_active"]),
+            created_at=utc(row["created_at"]),
         )
 
 
@@ -158,8 +174,12 @@ class SqlRefreshTokenRepository:
     async def add(self, token: RefreshToken, *, digest: str, issued_at: datetime) -> None:
         await self._session.execute(
             insert(refresh_tokens).values(
-                id=token.id, token_digest=digest, family_id=token.family_id,
-                user_id=token.user_id, issued_at=issued_at, expires_at=token.expires_at,
+                id=token.id,
+                token_digest=digest,
+                family_id=token.family_id,
+                user_id=token.user_id,
+                issued_at=issued_at,
+                expires_at=token.expires_at,
             )
         )
 
@@ -169,7 +189,9 @@ class SqlRefreshTokenRepository:
         if row is None:
             return None
         return RefreshToken(
-            id=row["id"], family_id=row["family_id"], user_id=row["user_id"],
+            id=row["id"],
+            family_id=row["family_id"],
+            user_id=row["user_id"],
             expires_at=utc(row["expires_at"]),
             used_at=utc(row["used_at"]) if row["used_at"] else None,
             revoked_at=utc(row["revoked_at"]) if row["revoked_at"] else None,
@@ -202,7 +224,6 @@ class SqlRefreshTokenRepository:
             .values(revoked_at=now)
         )
 
-
     async def delete_expired(self, *, before: datetime) -> int:
         """Delete tokens that expired before `before` (their families can no longer be replayed)."""
         result = await self._session.execute(
@@ -218,8 +239,12 @@ class SqlClientRepository:
     async def add(self, client: ServiceClient, *, now: datetime) -> None:
         await self._session.execute(
             insert(clients).values(
-                client_id=client.client_id, name=client.name, secret_digest=client.secret_digest,
-                scopes=" ".join(sorted(client.scopes)), is_active=client.is_active, created_at=now,
+                client_id=client.client_id,
+                name=client.name,
+                secret_digest=client.secret_digest,
+                scopes=" ".join(sorted(client.scopes)),
+                is_active=client.is_active,
+                created_at=now,
             )
         )
 
@@ -229,8 +254,11 @@ class SqlClientRepository:
         if row is None:
             return None
         return ServiceClient(
-            client_id=row["client_id"], name=row["name"], secret_digest=row["secret_digest"],
-            scopes=frozenset(row["scopes"].split()), is_active=bool(row["is_active"]),
+            client_id=row["client_id"],
+            name=row["name"],
+            secret_digest=row["secret_digest"],
+            scopes=frozenset(row["scopes"].split()),
+            is_active=bool(row["is_active"]),
         )
 
 
@@ -243,8 +271,11 @@ class SqlSigningKeyRepository:
     ) -> None:
         await self._session.execute(
             insert(signing_keys).values(
-                kid=kid, algorithm="EdDSA", public_jwk=public_jwk,
-                private_key_sealed=private_key_sealed, created_at=now,
+                kid=kid,
+                algorithm="EdDSA",
+                public_jwk=public_jwk,
+                private_key_sealed=private_key_sealed,
+                created_at=now,
             )
         )
 
@@ -265,11 +296,14 @@ class SqlSigningKeyRepository:
 
     async def published(self, *, retired_after: datetime) -> list[str]:
         """Public JWKs of active keys and of keys retired after `retired_after`."""
-        query = select(signing_keys.c.public_jwk).where(
-            or_(signing_keys.c.retired_at.is_(None), signing_keys.c.retired_at > retired_after)
-        ).order_by(signing_keys.c.created_at.desc())
+        query = (
+            select(signing_keys.c.public_jwk)
+            .where(
+                or_(signing_keys.c.retired_at.is_(None), signing_keys.c.retired_at > retired_after)
+            )
+            .order_by(signing_keys.c.created_at.desc())
+        )
         return list((await self._session.execute(query)).scalars())
-
 
     async def delete_retired(self, *, before: datetime) -> int:
         result = await self._session.execute(

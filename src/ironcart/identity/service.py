@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
+from ironcart.contracts.identity import CUSTOMER
 from ironcart.identity.domain import (
-    CUSTOMER,
     EmailAlreadyRegistered,
     InvalidClient,
     InvalidGrant,
@@ -84,8 +84,13 @@ class IdentityService:
         check_password_policy(password, email=address)
         now = self._clock()
         user = User(
-            id=str(uuid.uuid4()), email=address, name=name.strip(), roles=frozenset({CUSTOMER}),
-            password_hash=await self._hasher.hash(password), is_active=True, created_at=now,
+            id=str(uuid.uuid4()),
+            email=address,
+            name=name.strip(),
+            roles=frozenset({CUSTOMER}),
+            password_hash=await self._hasher.hash(password),
+            is_active=True,
+            created_at=now,
         )
         async with self._uow() as uow:
             try:
@@ -102,9 +107,13 @@ class IdentityService:
         address = normalise_email(email)
         check_password_policy(password, email=address)
         user = User(
-            id=str(uuid.uuid4()), email=address, name=name.strip(),
-            roles=parse_roles(list(roles)), password_hash=await self._hasher.hash(password),
-            is_active=True, created_at=self._clock(),
+            id=str(uuid.uuid4()),
+            email=address,
+            name=name.strip(),
+            roles=parse_roles(list(roles)),
+            password_hash=await self._hasher.hash(password),
+            is_active=True,
+            created_at=self._clock(),
         )
         async with self._uow() as uow:
             await uow.users.add(user)
@@ -194,11 +203,15 @@ class IdentityService:
                 await self._revoke_family(uow, stored, reason="user_inactive")
                 raise InvalidGrant("The account is no longer active.")
             scopes = granted_scopes(allowed=user.scopes, requested=scope)
-            refresh = await self._new_refresh_token(uow, user_id=user.id, family_id=stored.family_id)
+            refresh = await self._new_refresh_token(
+                uow, user_id=user.id, family_id=stored.family_id
+            )
             await uow.commit()
         return await self._token_pair(user.id, scopes, refresh)
 
-    async def _revoke_family(self, uow: IdentityUnitOfWork, token: RefreshToken, *, reason: str) -> None:
+    async def _revoke_family(
+        self, uow: IdentityUnitOfWork, token: RefreshToken, *, reason: str
+    ) -> None:
         # The refusal must not roll the revocation back: commit it before raising.
         await uow.rollback()
         await uow.refresh_tokens.revoke_family(token.family_id, now=self._clock())
@@ -218,8 +231,12 @@ class IdentityService:
         scopes = granted_scopes(allowed=client.scopes, requested=scope)
         key = await self._current_signing_key()
         access, ttl = issue_access_token(
-            key, subject=f"client:{client.client_id}", scopes=scopes, client_id=client.client_id,
-            issuer=self._settings.issuer, audience=self._settings.audience,
+            key,
+            subject=f"client:{client.client_id}",
+            scopes=scopes,
+            client_id=client.client_id,
+            issuer=self._settings.issuer,
+            audience=self._settings.audience,
             ttl_seconds=self._settings.access_token_ttl_seconds,
         )
         return TokenPair(access_token=access, expires_in=ttl, scope=" ".join(sorted(scopes)))
@@ -237,8 +254,11 @@ class IdentityService:
         client_id = f"svc_{secrets.token_hex(8)}"
         secret = new_opaque_token()
         client = ServiceClient(
-            client_id=client_id, name=name, secret_digest=token_digest(secret),
-            scopes=scopes, is_active=True,
+            client_id=client_id,
+            name=name,
+            secret_digest=token_digest(secret),
+            scopes=scopes,
+            is_active=True,
         )
         async with self._uow() as uow:
             await uow.clients.add(client, now=self._clock())
@@ -251,9 +271,12 @@ class IdentityService:
         token = new_opaque_token()
         now = self._clock()
         record = RefreshToken(
-            id=str(uuid.uuid4()), family_id=family_id or str(uuid.uuid4()), user_id=user_id,
+            id=str(uuid.uuid4()),
+            family_id=family_id or str(uuid.uuid4()),
+            user_id=user_id,
             expires_at=now + timedelta(seconds=self._settings.refresh_token_ttl_seconds),
-            used_at=None, revoked_at=None,
+            used_at=None,
+            revoked_at=None,
         )
         await uow.refresh_tokens.add(record, digest=token_digest(token), issued_at=now)
         return token
@@ -261,11 +284,17 @@ class IdentityService:
     async def _token_pair(self, user_id: str, scopes: frozenset[str], refresh: str) -> TokenPair:
         key = await self._current_signing_key()
         access, ttl = issue_access_token(
-            key, subject=user_id, scopes=scopes, issuer=self._settings.issuer,
-            audience=self._settings.audience, ttl_seconds=self._settings.access_token_ttl_seconds,
+            key,
+            subject=user_id,
+            scopes=scopes,
+            issuer=self._settings.issuer,
+            audience=self._settings.audience,
+            ttl_seconds=self._settings.access_token_ttl_seconds,
         )
         return TokenPair(
-            access_token=access, expires_in=ttl, scope=" ".join(sorted(scopes)),
+            access_token=access,
+            expires_in=ttl,
+            scope=" ".join(sorted(scopes)),
             refresh_token=refresh,
         )
 
@@ -288,8 +317,10 @@ class IdentityService:
             now = self._clock()
             await uow.signing_keys.retire_active(now=now)
             await uow.signing_keys.add(
-                kid=generated.kid, public_jwk=json.dumps(generated.public_jwk),
-                private_key_sealed=self._key_box.seal(generated.private_pem), now=now,
+                kid=generated.kid,
+                public_jwk=json.dumps(generated.public_jwk),
+                private_key_sealed=self._key_box.seal(generated.private_pem),
+                now=now,
             )
             await uow.commit()
         self._signing_key = None

@@ -10,9 +10,15 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 from ironcart.platform.settings import DatabaseBackend, database_backend, normalise_database_url
@@ -26,6 +32,9 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# UTC timestamps with microseconds on every backend (MySQL's DATETIME defaults to whole seconds).
+Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -120,6 +129,7 @@ UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 __all__ = [
     "Engine",
+    "Timestamp",
     "UnitOfWork",
     "UnitOfWorkFactory",
     "create_engine",

@@ -86,7 +86,9 @@ class RateLimited(IronCartError):
     kind = ErrorKind.RATE_LIMITED
     title = "Too many requests"
 
-    def __init__(self, detail: str | None = None, *, retry_after_seconds: int, **extra: Any) -> None:
+    def __init__(
+        self, detail: str | None = None, *, retry_after_seconds: int, **extra: Any
+    ) -> None:
         self.retry_after_seconds = max(1, retry_after_seconds)
         super().__init__(detail, **extra)
 

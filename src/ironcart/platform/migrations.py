@@ -22,7 +22,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database to `revision`. Must run outside an event loop (Alembic's env starts one)."""
+    """Bring the database to `revision`. Runs outside an event loop: Alembic's env starts one."""
     _ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)
 

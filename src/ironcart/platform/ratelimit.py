@@ -1,4 +1,4 @@
-"""Rate limits on top of the `limits` library: in-process by default, shared via Redis in production."""
+"""Rate limits with the `limits` library: in-process by default, shared through Redis."""
 
 from __future__ import annotations
 

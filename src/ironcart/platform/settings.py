@@ -43,15 +43,15 @@ _DRIVERS = {
     "postgresql": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
     "postgresql+asyncpg": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
     "postgresql+psycopg": (DatabaseBackend.POSTGRESQL, "postgresql+psycopg"),
-    "mysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
-    "mariadb": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
-    "mysql+aiomysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
-    "mariadb+aiomysql": (DatabaseBackend.MYSQL, "mysql+aiomysql"),
+    "mysql": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
+    "mariadb": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
+    "mysql+asyncmy": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
+    "mariadb+asyncmy": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
 }
 
 
 def normalise_database_url(url: str) -> str:
-    """Map the URL a user writes (`postgresql://`, `mariadb://`, `sqlite:///`) to an async driver URL."""
+    """Map a user-written URL (`postgresql://`, `mariadb://`, `sqlite:///`) to an async driver."""
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.lower() not in _DRIVERS:
         supported = "sqlite:///path, postgresql://..., mysql://... or mariadb://..."
@@ -122,9 +122,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value in (None, ""):
+        if not value:
             return None
-        assert value is not None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value

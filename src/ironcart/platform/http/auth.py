@@ -54,7 +54,9 @@ def require_scope(*scopes: str) -> object:
             wanted = " ".join(scopes)
             raise InsufficientScope(
                 f"This operation needs one of the scopes: {wanted}.",
-                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{wanted}"'},
+                headers={
+                    "WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{wanted}"'
+                },
             )
         return principal
 
@@ -72,7 +74,14 @@ async def current_user(
     return principal
 
 
+async def current_user_id(principal: Annotated[Principal, Depends(current_user)]) -> str:
+    if principal.user_id is None:  # current_user admits people only; kept for the type checker
+        raise Unauthenticated(headers={"WWW-Authenticate": REALM})
+    return principal.user_id
+
+
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[Principal, Depends(current_user)]
+CurrentUserId = Annotated[str, Depends(current_user_id)]
 StaffOnly = Annotated[Principal, require_scope("staff")]
 AdminOnly = Annotated[Principal, require_scope("admin")]

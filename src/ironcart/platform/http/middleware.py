@@ -20,7 +20,7 @@ _access_log = structlog.get_logger("ironcart.access")
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate
             break
@@ -59,12 +59,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_tracked)
-        except Exception:  # noqa: BLE001 - the outermost edge: log it, answer a bare 500
+        except Exception:
             _access_log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             if response_started:
                 raise
             response = problem(
-                500, "internal_error", title="Internal server error",
+                500,
+                "internal_error",
+                title="Internal server error",
                 detail="The server failed to handle the request; it has been logged.",
             )
             await response(scope, receive, send_with_id)
@@ -104,11 +106,9 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._refuse(scope, receive, send)
-                    return
+        if self._declared_too_large(scope):
+            await self._refuse(scope, receive, send)
+            return
         received = 0
         response_started = False
 
@@ -133,6 +133,12 @@ class BodySizeLimitMiddleware:
             if response_started:
                 raise
             await self._refuse(scope, receive, send)
+
+    def _declared_too_large(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return not value.isdigit() or int(value) > self.max_bytes
+        return False
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(

@@ -25,9 +25,11 @@ async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-async def _run_check(name: str, check: ReadinessCheck, timeout: float) -> tuple[str, str | None]:
+async def _run_check(
+    name: str, check: ReadinessCheck, limit_seconds: float
+) -> tuple[str, str | None]:
     try:
-        await asyncio.wait_for(check(), timeout)
+        await asyncio.wait_for(check(), limit_seconds)
     except TimeoutError:
         return name, "timed out"
     except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
@@ -45,9 +47,12 @@ async def readyz(request: Request) -> Response:
     failing = {name: reason for name, reason in results if reason is not None}
     if failing:
         return problem(
-            503, "not_ready", title="Not ready",
+            503,
+            "not_ready",
+            title="Not ready",
             detail="Dependencies are unreachable: " + ", ".join(sorted(failing)) + ".",
-            headers={"Retry-After": "5"}, checks={n: (failing.get(n) or "ok") for n in checks},
+            headers={"Retry-After": "5"},
+            checks={n: (failing.get(n) or "ok") for n in checks},
         )
     body = {"status": "ok", "checks": dict.fromkeys(checks, "ok")}
     return Response(orjson.dumps(body), media_type="application/json")

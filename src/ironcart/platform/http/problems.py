@@ -50,7 +50,6 @@ _HTTP_CODES: Mapping[int, str] = {
 }
 
 
-
 def problem(
     status: int,
     code: str,
@@ -82,8 +81,11 @@ def _field_path(location: Sequence[Any]) -> str:
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response:
     items = [
-        {"field": _field_path(error.get("loc", ())), "message": str(error.get("msg", "invalid")),
-         "code": str(error.get("type", "invalid"))}
+        {
+            "field": _field_path(error.get("loc", ())),
+            "message": str(error.get("msg", "invalid")),
+            "code": str(error.get("type", "invalid")),
+        }
         for error in errors[:50]
     ]
     return problem(
@@ -96,7 +98,8 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response:
 
 
 async def _on_domain_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, IronCartError)
+    if not isinstance(error, IronCartError):  # registered for this type only
+        raise error
     headers: dict[str, str] = {}
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after_seconds)
@@ -112,12 +115,14 @@ async def _on_domain_error(_request: Request, error: Exception) -> Response:
 
 
 async def _on_validation_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, RequestValidationError)
+    if not isinstance(error, RequestValidationError):
+        raise error
     return validation_problem(error.errors())
 
 
 async def _on_http_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, StarletteHTTPException)
+    if not isinstance(error, StarletteHTTPException):
+        raise error
     status = error.status_code
     code = _HTTP_CODES.get(status, f"http_{status}")
     detail = error.detail if isinstance(error.detail, str) else None

@@ -1,4 +1,4 @@
-"""Authenticated encryption of small secrets at rest (AES-256-GCM, key derived from the app secret)."""
+"""Authenticated encryption of small secrets at rest: AES-256-GCM, one derived key per use."""
 
 from __future__ import annotations
 

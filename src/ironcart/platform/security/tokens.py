@@ -23,7 +23,7 @@ from ironcart.contracts.identity import Principal
 from ironcart.platform.errors import Unauthenticated
 
 ALGORITHM = "EdDSA"
-TOKEN_TYPE = "at+jwt"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - the RFC 9068 media type, not a secret
 CLOCK_SKEW_SECONDS = 30
 
 

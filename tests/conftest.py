@@ -1,0 +1,95 @@
+"""Shared fixtures: real databases per backend, migrated; an app and an HTTP client.
+
+With CI=true a server that cannot be reached fails the test; without it the test is
+skipped and one summary line at the end says which servers were missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ironcart.platform.migrations import upgrade_async
+from tests.support.databases import (
+    ServerUnavailable,
+    check_redis,
+    fresh_mysql,
+    fresh_postgres,
+    fresh_sqlite,
+)
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_missing_servers: set[str] = set()
+
+
+def unavailable(error: ServerUnavailable) -> None:
+    """Fail in CI, skip (and remember for the summary) elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required server unreachable in CI: {error}", pytrace=False)
+    _missing_servers.add(str(error).split(":")[0])
+    pytest.skip(f"server unreachable: {error}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _missing_servers:
+        terminalreporter.write_line(
+            "SKIPPED integration tests: unreachable servers: " + ", ".join(sorted(_missing_servers))
+            + " (set CI=true to make this a failure)",
+            yellow=True,
+        )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+BACKENDS = ["sqlite", "postgresql", "mysql"]
+
+
+async def _fresh_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    factory = {"postgresql": fresh_postgres, "mysql": fresh_mysql}.get(backend)
+    manager = factory() if factory else fresh_sqlite(tmp_path)
+    try:
+        url = await manager.__aenter__()
+    except ServerUnavailable as error:
+        unavailable(error)
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        await manager.__aexit__(None, None, None)
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated, empty database on each backend in turn."""
+    async for url in _fresh_database(request.param, tmp_path):
+        yield url
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
+    async for url in _fresh_database("sqlite", tmp_path):
+        yield url
+
+
+@pytest.fixture
+async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
+    async for url in _fresh_database("postgresql", tmp_path):
+        yield url
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    from tests.support.databases import REDIS_URL
+
+    try:
+        await check_redis()
+    except ServerUnavailable as error:
+        unavailable(error)
+    return REDIS_URL

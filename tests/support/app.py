@@ -1,0 +1,44 @@
+"""Run the real ASGI app in-process (lifespan included) behind an httpx client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from ironcart.app import create_app
+from ironcart.platform.settings import Settings, load_settings
+
+DEMO_PASSWORD = "a-long-enough-passphrase"
+
+
+def settings_for(database_url: str, **overrides: Any) -> Settings:
+    return load_settings(database_url=database_url, environment="test", **overrides)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield app, client
+
+
+async def register_and_login(
+    client: httpx.AsyncClient, email: str, password: str = DEMO_PASSWORD
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": email, "password": password, "name": "Test User"}
+    )
+    assert response.status_code == 201, response.text
+    token = await client.post(
+        "/api/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": password},
+    )
+    assert token.status_code == 200, token.text
+    body: dict[str, Any] = token.json()
+    return body
