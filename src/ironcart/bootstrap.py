@@ -43,7 +43,7 @@ def bootstrap(settings: Settings) -> Container:
         else None
     )
     limiter = (
-        RateLimiter.redis(settings.redis_url) if settings.redis_url else RateLimiter.in_process()
+        RateLimiter.redis(redis) if redis is not None else RateLimiter.in_process()
     )
     identity_settings = settings.identity
     identity = IdentityService(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        # Each app gets its own client address, so per-IP limits shared in Redis never collide.
+        transport = httpx.ASGITransport(app=app, client=(f"test-{uuid.uuid4().hex[:12]}", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client
 

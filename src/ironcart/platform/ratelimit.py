@@ -1,4 +1,8 @@
-"""Rate limits with the `limits` library: in-process by default, shared through Redis."""
+"""Rate limits with the `limits` library: in-process by default, shared through Redis.
+
+If Redis cannot be reached, limits fall back to this process's own counters (logged),
+so throttling weakens to per-process instead of failing open or taking logins down.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,16 @@ import math
 import time
 from dataclasses import dataclass
 
+import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import Redis
 
 from ironcart.platform.errors import RateLimited
+
+_log = structlog.get_logger("ironcart.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,31 +36,52 @@ class Limit:
 
 class RateLimiter:
     def __init__(self, storage: Storage) -> None:
-        self._storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
+        self._fallback = MovingWindowRateLimiter(MemoryStorage())
 
     @classmethod
     def in_process(cls) -> RateLimiter:
         return cls(MemoryStorage())
 
     @classmethod
-    def redis(cls, url: str) -> RateLimiter:
-        scheme, _, rest = url.partition("://")
-        return cls(RedisStorage(f"async+{scheme}://{rest}", implementation="redispy"))
+    def redis(cls, client: Redis) -> RateLimiter:
+        """Share the process's Redis connection pool (closed with that client)."""
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            wrap_exceptions=True,
+            connection_pool=client.connection_pool,
+        )
+        return cls(storage)
 
     async def hit(self, limit: Limit, key: str, *, detail: str | None = None) -> None:
         """Count one event; raise `RateLimited` (with Retry-After) if the limit is exceeded."""
-        if not await self._strategy.hit(limit.item, limit.name, key):
-            raise RateLimited(detail, retry_after_seconds=await self._retry_after(limit, key))
+        try:
+            allowed = await self._strategy.hit(limit.item, limit.name, key)
+            strategy = self._strategy
+        except StorageError:
+            _log.warning("rate_limit_storage_unavailable", limit=limit.name)
+            allowed = await self._fallback.hit(limit.item, limit.name, key)
+            strategy = self._fallback
+        if not allowed:
+            raise RateLimited(detail, retry_after_seconds=await _retry_after(strategy, limit, key))
 
     async def check(self, limit: Limit, key: str, *, detail: str | None = None) -> None:
         """Raise `RateLimited` if one more event would exceed the limit, without counting it."""
-        if not await self._strategy.test(limit.item, limit.name, key):
-            raise RateLimited(detail, retry_after_seconds=await self._retry_after(limit, key))
+        try:
+            allowed = await self._strategy.test(limit.item, limit.name, key)
+            strategy = self._strategy
+        except StorageError:
+            _log.warning("rate_limit_storage_unavailable", limit=limit.name)
+            allowed = await self._fallback.test(limit.item, limit.name, key)
+            strategy = self._fallback
+        if not allowed:
+            raise RateLimited(detail, retry_after_seconds=await _retry_after(strategy, limit, key))
 
-    async def clear(self, limit: Limit, key: str) -> None:
-        await self._strategy.clear(limit.item, limit.name, key)
 
-    async def _retry_after(self, limit: Limit, key: str) -> int:
-        stats = await self._strategy.get_window_stats(limit.item, limit.name, key)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+async def _retry_after(strategy: MovingWindowRateLimiter, limit: Limit, key: str) -> int:
+    try:
+        stats = await strategy.get_window_stats(limit.item, limit.name, key)
+    except StorageError:
+        return limit.item.get_expiry()
+    return max(1, math.ceil(stats.reset_time - time.time()))

@@ -42,7 +42,6 @@ _DRIVERS = {
     "postgres": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
     "postgresql": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
     "postgresql+asyncpg": (DatabaseBackend.POSTGRESQL, "postgresql+asyncpg"),
-    "postgresql+psycopg": (DatabaseBackend.POSTGRESQL, "postgresql+psycopg"),
     "mysql": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
     "mariadb": (DatabaseBackend.MYSQL, "mysql+asyncmy"),
     "mysql+asyncmy": (DatabaseBackend.MYSQL, "mysql+asyncmy"),

@@ -12,14 +12,18 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ironcart.platform.errors import ErrorKind, IronCartError, RateLimited
 from ironcart.platform.observability import current_request_id
 
+_log = structlog.get_logger("ironcart.http")
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:ironcart:problem:"
 
@@ -130,7 +134,18 @@ async def _on_http_error(_request: Request, error: Exception) -> Response:
     return problem(status, code, title=title, detail=detail, headers=error.headers)
 
 
+async def _on_database_unavailable(_request: Request, error: Exception) -> Response:
+    _log.warning("database_unavailable", error=type(error).__name__)
+    return problem(
+        503, "database_unavailable", title="Service temporarily unavailable",
+        detail="The database cannot be reached; nothing was changed. Retry later.",
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IronCartError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(database_error, _on_database_unavailable)
