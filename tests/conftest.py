@@ -37,7 +37,8 @@ def unavailable(error: ServerUnavailable) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _missing_servers:
         terminalreporter.write_line(
-            "SKIPPED integration tests: unreachable servers: " + ", ".join(sorted(_missing_servers))
+            "SKIPPED integration tests: unreachable servers: "
+            + ", ".join(sorted(_missing_servers))
             + " (set CI=true to make this a failure)",
             yellow=True,
         )

@@ -42,9 +42,7 @@ def bootstrap(settings: Settings) -> Container:
         if settings.redis_url
         else None
     )
-    limiter = (
-        RateLimiter.redis(redis) if redis is not None else RateLimiter.in_process()
-    )
+    limiter = RateLimiter.redis(redis) if redis is not None else RateLimiter.in_process()
     identity_settings = settings.identity
     identity = IdentityService(
         uow_factory=lambda: IdentityUnitOfWork(sessions),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
@@ -69,6 +70,8 @@ def serve(service: str, host: str | None, port: int | None, workers: int | None)
     from ironcart.platform.observability import configure_logging
 
     configure_logging(level=settings.log_level, json=settings.log_json)
+    # uvicorn re-raises SIGTERM after draining; a drained shutdown is a clean exit (status 0).
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         "ironcart.asgi:create",
         factory=True,
@@ -81,6 +84,10 @@ def serve(service: str, host: str | None, port: int | None, workers: int | None)
         proxy_headers=True,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_seconds,
     )
+
+
+def _exit_after_drain(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @main.command()

@@ -59,7 +59,8 @@ async def test_register_login_me_and_profile(database_url: str) -> None:
         assert me.json() == {**body, "name": "Grace Hopper"}
 
         patched = await client.patch(
-            "/api/v1/me", json={"name": "Rear Admiral Hopper"},
+            "/api/v1/me",
+            json={"name": "Rear Admiral Hopper"},
             headers=_bearer(tokens["access_token"]),
         )
         assert patched.status_code == 200
@@ -86,9 +87,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(database_url: str) -
         engine = app.state.container.engine
         async with engine.connect() as connection:
             live = await connection.scalar(
-                select(func.count()).select_from(refresh_tokens).where(
-                    refresh_tokens.c.revoked_at.is_(None)
-                )
+                select(func.count())
+                .select_from(refresh_tokens)
+                .where(refresh_tokens.c.revoked_at.is_(None))
             )
         assert live == 0
 
@@ -96,7 +97,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(database_url: str) -
 async def test_concurrent_refreshes_of_one_token_issue_at_most_one(database_url: str) -> None:
     async with running_app(settings_for(database_url)) as (_app, client):
         tokens = await register_and_login(client, _email())
-        results = await asyncio.gather(*(_refresh(client, tokens["refresh_token"]) for _ in range(10)))
+        results = await asyncio.gather(
+            *(_refresh(client, tokens["refresh_token"]) for _ in range(10))
+        )
         statuses = sorted(response.status_code for response in results)
         assert statuses.count(200) <= 1
         assert statuses.count(400) >= 9
@@ -113,7 +116,10 @@ async def test_password_change_checks_current_and_revokes_sessions(database_url:
         tokens = await register_and_login(client, email)
         wrong = await client.post(
             "/api/v1/me/password",
-            json={"current_password": "not-the-password!", "new_password": "another-long-passphrase"},
+            json={
+                "current_password": "not-the-password!",
+                "new_password": "another-long-passphrase",
+            },
             headers=_bearer(tokens["access_token"]),
         )
         assert wrong.status_code == 422
@@ -133,8 +139,11 @@ async def test_password_change_checks_current_and_revokes_sessions(database_url:
         assert old.status_code == 400
         new = await client.post(
             "/api/v1/auth/token",
-            data={"grant_type": "password", "username": email,
-                  "password": "another-long-passphrase"},
+            data={
+                "grant_type": "password",
+                "username": email,
+                "password": "another-long-passphrase",
+            },
         )
         assert new.status_code == 200
 
@@ -161,7 +170,11 @@ async def test_duplicate_registration_is_indistinguishable_and_stores_nothing(
         # The original password still works; the second one was never stored.
         login = await client.post(
             "/api/v1/auth/token",
-            data={"grant_type": "password", "username": email, "password": "a-different-passphrase"},
+            data={
+                "grant_type": "password",
+                "username": email,
+                "password": "a-different-passphrase",
+            },
         )
         assert login.status_code == 400
 
@@ -169,11 +182,15 @@ async def test_duplicate_registration_is_indistinguishable_and_stores_nothing(
 async def test_concurrent_registrations_of_one_email_create_one_account(database_url: str) -> None:
     async with running_app(settings_for(database_url)) as (app, client):
         email = _email()
-        responses = await asyncio.gather(*(
-            client.post("/api/v1/auth/register",
-                        json={"email": email, "password": DEMO_PASSWORD, "name": f"n{i}"})
-            for i in range(8)
-        ))
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/v1/auth/register",
+                    json={"email": email, "password": DEMO_PASSWORD, "name": f"n{i}"},
+                )
+                for i in range(8)
+            )
+        )
         assert {response.status_code for response in responses} == {201}
         engine = app.state.container.engine
         async with engine.connect() as connection:
@@ -204,14 +221,19 @@ async def test_unknown_and_wrong_password_get_the_same_answer(database_url: str)
 
 async def test_login_failures_are_throttled_per_account(database_url: str) -> None:
     settings = settings_for(
-        database_url, identity={"login_failures_per_account_per_hour": 3,
-                                "login_attempts_per_ip_per_minute": 100},
+        database_url,
+        identity={
+            "login_failures_per_account_per_hour": 3,
+            "login_attempts_per_ip_per_minute": 100,
+        },
     )
     async with running_app(settings) as (_app, client):
         email = _email()
         await register_and_login(client, email)
         bad = {"grant_type": "password", "username": email, "password": "wrong-password-123"}
-        statuses = [(await client.post("/api/v1/auth/token", data=bad)).status_code for _ in range(3)]
+        statuses = [
+            (await client.post("/api/v1/auth/token", data=bad)).status_code for _ in range(3)
+        ]
         assert statuses == [400, 400, 400]
         throttled = await client.post(
             "/api/v1/auth/token",
@@ -230,7 +252,8 @@ async def test_client_credentials_grant_and_scopes(database_url: str) -> None:
         )
         basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
         granted = await client.post(
-            "/api/v1/auth/token", data={"grant_type": "client_credentials", "scope": "catalog:read"},
+            "/api/v1/auth/token",
+            data={"grant_type": "client_credentials", "scope": "catalog:read"},
             headers={"Authorization": f"Basic {basic}"},
         )
         assert granted.status_code == 200
@@ -239,16 +262,23 @@ async def test_client_credentials_grant_and_scopes(database_url: str) -> None:
 
         too_much = await client.post(
             "/api/v1/auth/token",
-            data={"grant_type": "client_credentials", "scope": "admin", "client_id": client_id,
-                  "client_secret": secret},
+            data={
+                "grant_type": "client_credentials",
+                "scope": "admin",
+                "client_id": client_id,
+                "client_secret": secret,
+            },
         )
         assert too_much.status_code == 400
         assert too_much.json()["error"] == "invalid_scope"
 
         wrong = await client.post(
             "/api/v1/auth/token",
-            data={"grant_type": "client_credentials", "client_id": client_id,
-                  "client_secret": secret + "x"},
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": secret + "x",
+            },
         )
         assert wrong.status_code == 401
         assert wrong.json()["error"] == "invalid_client"

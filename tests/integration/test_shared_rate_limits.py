@@ -11,10 +11,16 @@ from tests.support.app import DEMO_PASSWORD, register_and_login, running_app, se
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-async def test_account_lockout_is_shared_across_processes(postgres_url: str, redis_url: str) -> None:
+async def test_account_lockout_is_shared_across_processes(
+    postgres_url: str, redis_url: str
+) -> None:
     settings = settings_for(
-        postgres_url, redis_url=redis_url,
-        identity={"login_failures_per_account_per_hour": 4, "login_attempts_per_ip_per_minute": 1000},
+        postgres_url,
+        redis_url=redis_url,
+        identity={
+            "login_failures_per_account_per_hour": 4,
+            "login_attempts_per_ip_per_minute": 1000,
+        },
     )
     email = f"shared-{uuid.uuid4().hex[:10]}@example.com"
     bad = {"grant_type": "password", "username": email, "password": "wrong-password-123"}
@@ -40,8 +46,11 @@ async def test_ip_limit_refuses_a_login_flood(sqlite_url: str, redis_url: str) -
         for _ in range(7):
             response = await client.post(
                 "/api/v1/auth/token",
-                data={"grant_type": "password", "username": f"{uuid.uuid4().hex}@example.com",
-                      "password": "wrong-password-123"},
+                data={
+                    "grant_type": "password",
+                    "username": f"{uuid.uuid4().hex}@example.com",
+                    "password": "wrong-password-123",
+                },
             )
             statuses.append(response.status_code)
     assert statuses[:5] == [400] * 5
@@ -51,7 +60,8 @@ async def test_ip_limit_refuses_a_login_flood(sqlite_url: str, redis_url: str) -
 async def test_logins_keep_working_when_redis_is_unreachable(sqlite_url: str) -> None:
     # Nothing listens on port 1: every Redis call fails at once.
     settings = settings_for(
-        sqlite_url, redis_url="redis://127.0.0.1:1/0",
+        sqlite_url,
+        redis_url="redis://127.0.0.1:1/0",
         identity={"login_failures_per_account_per_hour": 2},
     )
     email = f"no-redis-{uuid.uuid4().hex[:10]}@example.com"
@@ -59,7 +69,9 @@ async def test_logins_keep_working_when_redis_is_unreachable(sqlite_url: str) ->
         tokens = await register_and_login(client, email)
         assert tokens["access_token"]
         bad = {"grant_type": "password", "username": email, "password": "wrong-password-123"}
-        statuses = [(await client.post("/api/v1/auth/token", data=bad)).status_code for _ in range(3)]
+        statuses = [
+            (await client.post("/api/v1/auth/token", data=bad)).status_code for _ in range(3)
+        ]
         ready = await client.get("/readyz")
     # Throttling still holds, per process, and readiness says Redis is down.
     assert statuses == [400, 400, 429]

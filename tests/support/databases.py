@@ -17,7 +17,9 @@ import asyncmy
 import asyncmy.errors
 import asyncpg
 
-POSTGRES_URL = os.environ.get("IRONCART_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "IRONCART_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 MYSQL_URL = os.environ.get("IRONCART_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("IRONCART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -55,8 +57,11 @@ async def fresh_postgres() -> AsyncIterator[str]:
 async def _mysql_admin() -> asyncmy.Connection:
     parts = urlsplit(MYSQL_URL)
     return await asyncmy.connect(
-        host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
-        user=parts.username or "root", password=parts.password or "", connect_timeout=5,
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        connect_timeout=5,
     )
 
 
@@ -69,7 +74,9 @@ async def fresh_mysql() -> AsyncIterator[str]:
         raise ServerUnavailable(f"MariaDB/MySQL at {MYSQL_URL}: {error}") from error
     try:
         async with admin.cursor() as cursor:
-            await cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            await cursor.execute(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
     finally:
         await admin.ensure_closed()
     try:

@@ -41,8 +41,13 @@ def _key() -> tuple[SigningKey, dict[str, Any]]:
 
 def _token(key: SigningKey, **overrides: Any) -> str:
     token, _ = issue_access_token(
-        key, subject="user-1", scopes=frozenset({"customer"}), issuer=ISSUER, audience=AUDIENCE,
-        ttl_seconds=900, **overrides,
+        key,
+        subject="user-1",
+        scopes=frozenset({"customer"}),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        ttl_seconds=900,
+        **overrides,
     )
     return token
 
@@ -85,8 +90,9 @@ def _alg_none(token: str) -> str:
 def _hmac_with_public_key(token: str, jwk: Mapping[str, Any]) -> str:
     claims = jwt.decode(token, options={"verify_signature": False})
     secret = base64.urlsafe_b64decode(jwk["x"] + "==")
-    return jwt.encode(claims, secret, algorithm="HS256",
-                      headers={"kid": jwk["kid"], "typ": "at+jwt"})
+    return jwt.encode(
+        claims, secret, algorithm="HS256", headers={"kid": jwk["kid"], "typ": "at+jwt"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -106,7 +112,9 @@ async def test_forged_tokens_are_refused(attack: str) -> None:
         "garbage": lambda: "not.a.token",
         "id-token": lambda: jwt.encode(
             {"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + 60},
-            key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": "JWT"},
+            key.private_key,
+            algorithm="EdDSA",
+            headers={"kid": key.kid, "typ": "JWT"},
         ),
     }[attack]()
     with pytest.raises(InvalidAccessToken):

@@ -49,7 +49,11 @@ async def test_unknown_fields_are_rejected_with_their_path(client: httpx.AsyncCl
     )
     body = _assert_problem(response, 422, "validation_error")
     assert body["errors"] == [
-        {"field": "body.role", "message": "Extra inputs are not permitted", "code": "extra_forbidden"}
+        {
+            "field": "body.role",
+            "message": "Extra inputs are not permitted",
+            "code": "extra_forbidden",
+        }
     ]
 
 
@@ -100,17 +104,38 @@ async def test_streamed_oversize_body_gets_413(client: httpx.AsyncClient) -> Non
     [
         ({"grant_type": "magic"}, {}, "unsupported_grant_type"),
         ({"grant_type": "password"}, {}, "invalid_request"),
-        ({"grant_type": "password", "username": "u@example.com", "password": "p"},
-         {"content-type": "application/json"}, "invalid_request"),
+        (
+            {"grant_type": "password", "username": "u@example.com", "password": "p"},
+            {"content-type": "application/json"},
+            "invalid_request",
+        ),
         ({"grant_type": "refresh_token", "refresh_token": "nope"}, {}, "invalid_grant"),
-        ({"grant_type": "client_credentials", "client_id": "x", "client_secret": "y"}, {},
-         "invalid_client"),
+        (
+            {"grant_type": "client_credentials", "client_id": "x", "client_secret": "y"},
+            {},
+            "invalid_client",
+        ),
         ({"grant_type": "client_credentials"}, {"authorization": "Basic !!!"}, "invalid_request"),
-        ({"grant_type": "password", "username": "u@example.com", "password": "p",
-          "scope": "BAD SCOPE"}, {}, "invalid_scope"),
+        (
+            {
+                "grant_type": "password",
+                "username": "u@example.com",
+                "password": "p",
+                "scope": "BAD SCOPE",
+            },
+            {},
+            "invalid_scope",
+        ),
     ],
-    ids=["unsupported", "missing-params", "json-body", "bad-refresh", "bad-client",
-         "bad-basic", "bad-scope"],
+    ids=[
+        "unsupported",
+        "missing-params",
+        "json-body",
+        "bad-refresh",
+        "bad-client",
+        "bad-basic",
+        "bad-scope",
+    ],
 )
 async def test_token_endpoint_errors_follow_rfc_6749(
     client: httpx.AsyncClient, data: dict[str, str], headers: dict[str, str], error: str

@@ -73,8 +73,11 @@ def test_scope_requests_are_checked_against_what_is_allowed() -> None:
         granted_scopes(allowed=allowed, requested=frozenset({"root"}))
 
 
-@pytest.mark.parametrize("raw", ["UPPER", "a" * 80, "bad scope!", " ".join(["s"] * 33)],
-                         ids=["upper", "long", "punctuation", "too-many"])
+@pytest.mark.parametrize(
+    "raw",
+    ["UPPER", "a" * 80, "bad scope!", " ".join(["s"] * 33)],
+    ids=["upper", "long", "punctuation", "too-many"],
+)
 def test_malformed_scopes_are_refused(raw: str) -> None:
     with pytest.raises(InvalidScope):
         parse_scopes(raw)

@@ -7,7 +7,9 @@
      ├── InvalidRequest           kind=invalid
      ├── Unauthenticated          kind=unauthenticated
      ├── Forbidden                kind=forbidden
-     ├── RateLimited              kind=rate_limited (carries retry_after_seconds)
+     ├── PreconditionFailed       kind=precondition_failed (stale If-Match: optimistic lock lost)
+ ├── PreconditionRequired     kind=precondition_required (a write without If-Match)
+ ├── RateLimited              kind=rate_limited (carries retry_after_seconds)
      └── ServiceUnavailable       kind=unavailable
 
 Each context subclasses these with a stable `code` (e.g. `identity.invalid_grant`).
@@ -28,6 +30,8 @@ class ErrorKind(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    PRECONDITION_FAILED = "precondition_failed"
+    PRECONDITION_REQUIRED = "precondition_required"
     UNAVAILABLE = "unavailable"
 
 
@@ -79,6 +83,18 @@ class Forbidden(IronCartError):
     code = "ironcart.forbidden"
     kind = ErrorKind.FORBIDDEN
     title = "Forbidden"
+
+
+class PreconditionFailed(IronCartError):
+    code = "ironcart.precondition_failed"
+    kind = ErrorKind.PRECONDITION_FAILED
+    title = "Precondition failed"
+
+
+class PreconditionRequired(IronCartError):
+    code = "ironcart.precondition_required"
+    kind = ErrorKind.PRECONDITION_REQUIRED
+    title = "Precondition required"
 
 
 class RateLimited(IronCartError):

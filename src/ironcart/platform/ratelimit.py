@@ -50,7 +50,8 @@ class RateLimiter:
             "async+redis://",
             implementation="redispy",
             wrap_exceptions=True,
-            connection_pool=client.connection_pool,
+            # `limits` types its options as scalars, but redis-py's Redis takes a pool.
+            connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
         return cls(storage)
 

@@ -35,6 +35,8 @@ STATUS_BY_KIND: Mapping[ErrorKind, int] = {
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.PRECONDITION_FAILED: 412,
+    ErrorKind.PRECONDITION_REQUIRED: 428,
     ErrorKind.UNAVAILABLE: 503,
 }
 
@@ -137,7 +139,9 @@ async def _on_http_error(_request: Request, error: Exception) -> Response:
 async def _on_database_unavailable(_request: Request, error: Exception) -> Response:
     _log.warning("database_unavailable", error=type(error).__name__)
     return problem(
-        503, "database_unavailable", title="Service temporarily unavailable",
+        503,
+        "database_unavailable",
+        title="Service temporarily unavailable",
         detail="The database cannot be reached; nothing was changed. Retry later.",
         headers={"Retry-After": "5"},
     )
