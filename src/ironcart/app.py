@@ -8,7 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from ironcart.bootstrap import bootstrap
+from ironcart.cart.api import router as cart_router
+from ironcart.catalog.api import ProductPageFastPath
+from ironcart.catalog.api import router as catalog_router
 from ironcart.identity.api import router as identity_router
+from ironcart.inventory.api import router as inventory_router
 from ironcart.platform.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ironcart.platform.http.ops import router as ops_router
 from ironcart.platform.http.problems import install_problem_handlers
@@ -16,6 +20,9 @@ from ironcart.platform.settings import Settings
 
 SERVICES: dict[str, list[APIRouter]] = {
     "identity": [identity_router],
+    "catalog": [catalog_router],
+    "inventory": [inventory_router],
+    "cart": [cart_router],
 }
 
 
@@ -31,6 +38,7 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
         app.state.token_verifier = container.token_verifier
         app.state.readiness_checks = container.readiness_checks
         app.state.readiness_timeout = settings.server.readiness_timeout_seconds
+        await container.start()
         try:
             yield
         finally:
@@ -51,5 +59,7 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
         for router in routers:
             app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    if "catalog" in selected:
+        app.add_middleware(ProductPageFastPath)
     app.add_middleware(RequestContextMiddleware)
     return app

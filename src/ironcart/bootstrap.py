@@ -5,12 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ironcart.cart.repository import CartUnitOfWork
+from ironcart.cart.service import CartService
+from ironcart.catalog.client import InProcessCatalogClient
+from ironcart.catalog.repository import CatalogUnitOfWork
+from ironcart.catalog.service import CatalogService
+from ironcart.contracts.catalog import ProductChanged
+from ironcart.contracts.inventory import StockChanged
 from ironcart.identity.client import InProcessIdentityClient
 from ironcart.identity.repository import IdentityUnitOfWork
 from ironcart.identity.service import IdentityService
+from ironcart.inventory.client import InProcessInventoryClient
+from ironcart.inventory.repository import InventoryUnitOfWork
+from ironcart.inventory.service import InventoryService
+from ironcart.platform.cache import ResponseCache
 from ironcart.platform.database import create_engine, ping, session_factory
+from ironcart.platform.events import EventBus
 from ironcart.platform.http.ops import ReadinessCheck
 from ironcart.platform.ratelimit import RateLimiter
 from ironcart.platform.security.crypto import SecretBox
@@ -25,10 +39,19 @@ class Container:
     engine: AsyncEngine
     identity: IdentityService
     token_verifier: AccessTokenVerifier
+    bus: EventBus
+    cache: ResponseCache
+    catalog: CatalogService
     redis: Redis | None = None
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    inventory: InventoryService = field(kw_only=True)
+    cart: CartService = field(kw_only=True)
+
+    async def start(self) -> None:
+        await self.cache.start()
 
     async def aclose(self) -> None:
+        await self.cache.stop()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -62,10 +85,53 @@ def bootstrap(settings: Settings) -> Container:
         audience=identity_settings.audience,
         min_reload_interval_seconds=identity_settings.jwks_reload_min_interval_seconds,
     )
+    bus = EventBus()
+    cache = ResponseCache(
+        redis,
+        fresh_seconds=settings.catalog.cache_fresh_seconds,
+        keep_seconds=settings.catalog.cache_keep_seconds,
+        l1_seconds=settings.catalog.cache_l1_seconds,
+        stale_on=(OperationalError, InterfaceError, PoolTimeoutError, OSError),
+    )
+    catalog = CatalogService(uow_factory=lambda: CatalogUnitOfWork(sessions), bus=bus)
+    inventory = InventoryService(uow_factory=lambda: InventoryUnitOfWork(sessions), bus=bus)
+    cart = CartService(
+        uow_factory=lambda: CartUnitOfWork(sessions),
+        catalog=InProcessCatalogClient(catalog),
+        inventory=InProcessInventoryClient(inventory),
+    )
+    bus.subscribe(ProductChanged, lambda event: cache.invalidate(_tags_of(event)))
+    # The catalog keeps a read model of availability (listings filter on it, pages show it).
+    bus.subscribe(
+        StockChanged,
+        lambda event: catalog.record_availability(sku=event.sku, available=event.available),
+    )
     checks: dict[str, ReadinessCheck] = {"database": lambda: ping(engine)}
     if redis is not None:
         checks["redis"] = lambda: _ping_redis(redis)
-    return Container(settings, engine, identity, verifier, redis, checks)
+    return Container(
+        settings,
+        engine,
+        identity,
+        verifier,
+        bus,
+        cache,
+        catalog,
+        redis,
+        checks,
+        inventory=inventory,
+        cart=cart,
+    )
+
+
+def _tags_of(event: ProductChanged) -> list[str]:
+    """Cache tags a catalog change makes stale: the product page under each name, listings."""
+    tags = [f"product:{name}" for name in (event.product_id, *event.slugs) if name]
+    if event.listing_changed:
+        tags.append("listing")
+    if not event.product_id:  # a catalogue-wide change (categories, a full availability sync)
+        tags += ["categories", "products"]
+    return tags
 
 
 async def _ping_redis(redis: Redis) -> None:

@@ -15,7 +15,7 @@ import click
 from ironcart.platform.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
-SERVICE_CHOICES = ["all", "identity"]
+SERVICE_CHOICES = ["all", "identity", "catalog", "inventory", "cart"]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -101,14 +101,22 @@ def migrate() -> None:
 
 
 @main.command()
-def seed() -> None:
-    """Create the demo accounts (idempotent). Development and test environments only."""
+@click.option(
+    "--products",
+    type=click.IntRange(0, 5_000_000),
+    default=None,
+    help="Top the catalog up to N products [default: 300 outside production].",
+)
+def seed(products: int | None) -> None:
+    """Demo data: one account per role (not in production) and a generated catalog."""
     settings = _settings()
-    if settings.environment.value == "production":
-        raise click.ClickException("refusing to seed demo accounts in production")
+    production = settings.environment.value == "production"
+    if production and products is None:
+        raise click.ClickException("in production, seed only products, and only with --products")
     from ironcart.seed import seed_demo
 
-    for line in _run(lambda s: seed_demo(s), settings):
+    wanted = 300 if products is None else products
+    for line in _run(lambda s: seed_demo(s, products=wanted, accounts=not production), settings):
         click.echo(line)
 
 
@@ -185,6 +193,38 @@ def keys_rotate() -> None:
     settings = _settings()
     kid = _run(lambda s: _with_identity(s, lambda i: i.rotate_signing_key()), settings)
     click.echo(f"new signing key kid={kid}")
+
+
+async def _with_inventory(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
+    from ironcart.bootstrap import bootstrap
+
+    container = bootstrap(settings)
+    try:
+        return await use(container.inventory)
+    finally:
+        await container.aclose()
+
+
+@main.group()
+def inventory() -> None:
+    """Stock tools."""
+
+
+@inventory.command("reconcile")
+def inventory_reconcile() -> None:
+    """Check every stock level against the sums of its ledger rows; exit 1 on a difference."""
+    settings = _settings()
+    found = _run(lambda s: _with_inventory(s, lambda i: i.reconcile()), settings)
+    for item in found:
+        click.echo(
+            f"discrepancy sku={item.sku} warehouse_id={item.warehouse_id} "
+            f"on_hand={item.on_hand} ledger_on_hand={item.ledger_on_hand} "
+            f"reserved={item.reserved} ledger_reserved={item.ledger_reserved}"
+        )
+    if found:
+        click.echo(f"{len(found)} stock level(s) differ from the ledger", err=True)
+        raise SystemExit(1)
+    click.echo("every stock level matches the ledger")
 
 
 @main.command()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field
 
 from ironcart.identity.domain import (
     EMAIL_MAX_LENGTH,
@@ -24,6 +23,7 @@ from ironcart.identity.domain import (
 )
 from ironcart.identity.service import IdentityService
 from ironcart.platform.http.auth import CurrentUserId
+from ironcart.platform.http.schemas import StrictModel
 
 MAX_FORM_FIELD = 4096
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -37,8 +37,8 @@ def get_identity_service(request: Request) -> IdentityService:
 Identity = Annotated[IdentityService, Depends(get_identity_service)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+class _Strict(StrictModel):
+    pass
 
 
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=r"\S")]
@@ -130,7 +130,7 @@ async def _oauth_form(request: Request) -> dict[str, str]:
     form = await request.form(max_files=0, max_fields=32, max_part_size=MAX_FORM_FIELD)
     fields: dict[str, str] = {}
     for key, value in form.multi_items():
-        if not isinstance(value, str) or len(value) > MAX_FORM_FIELD:
+        if not isinstance(value, str) or len(value) > MAX_FORM_FIELD or "\x00" in value:
             raise OAuthInvalidRequest(f"The parameter {key!r} is malformed.")
         if key in fields:
             raise OAuthInvalidRequest(f"The parameter {key!r} is repeated.")
@@ -152,7 +152,7 @@ def _client_credentials(request: Request, fields: dict[str, str]) -> tuple[str, 
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
             raise OAuthInvalidRequest("The Basic authorization header is malformed.") from None
         client_id, separator, secret = decoded.partition(":")
         if not separator:

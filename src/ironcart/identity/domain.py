@@ -100,6 +100,15 @@ def normalise_email(raw: str) -> str:
     return unicodedata.normalize("NFKC", raw).strip().lower()
 
 
+def check_email(address: str) -> None:
+    """A normalised address must still fit (NFKC can lengthen it) and hold one `@`."""
+    local, at, domain = address.rpartition("@")
+    if len(address) > EMAIL_MAX_LENGTH or not at or not local or not domain:
+        raise InvalidRequest(
+            f"The email must be an address of at most {EMAIL_MAX_LENGTH} characters."
+        )
+
+
 def check_password_policy(password: str, *, email: str) -> None:
     """ASVS 2.1: at least 12 characters, up to 128, not the email or its local part."""
     length = len(password)

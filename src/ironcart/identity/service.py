@@ -24,6 +24,7 @@ from ironcart.identity.domain import (
     User,
     UserNotFound,
     WrongPassword,
+    check_email,
     check_password_policy,
     granted_scopes,
     new_opaque_token,
@@ -81,6 +82,7 @@ class IdentityService:
         """
         await self._limiter.hit(self._register_ip, client_ip)
         address = normalise_email(email)
+        check_email(address)
         check_password_policy(password, email=address)
         now = self._clock()
         user = User(
@@ -105,6 +107,7 @@ class IdentityService:
     ) -> User:
         """Create an account with the given roles (operators' tool; says if the email is taken)."""
         address = normalise_email(email)
+        check_email(address)
         check_password_policy(password, email=address)
         user = User(
             id=str(uuid.uuid4()),

@@ -7,7 +7,10 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import ironcart.identity.repository  # noqa: F401 - registers identity's tables on the metadata
+import ironcart.cart.repository
+import ironcart.catalog.repository
+import ironcart.identity.repository
+import ironcart.inventory.repository  # noqa: F401 - each import registers its tables
 from ironcart.platform.database import create_engine, metadata
 
 config = context.config

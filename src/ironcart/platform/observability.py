@@ -60,6 +60,7 @@ def configure_logging(*, level: str = "info", json: bool = True) -> None:
     ]
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # drop below-level events before any work
             *shared,
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

@@ -83,6 +83,13 @@ class IdentitySettings(_Section):
     jwks_reload_min_interval_seconds: float = Field(default=5.0, ge=0.0)
 
 
+class CatalogSettings(_Section):
+    currency: str = Field(default="USD", pattern="^[A-Z]{3}$")
+    cache_fresh_seconds: float = Field(default=300.0, gt=0, le=86400)
+    cache_keep_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    cache_l1_seconds: float = Field(default=1.0, ge=0, le=1.0)
+
+
 class ServerSettings(_Section):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     graceful_shutdown_seconds: int = Field(default=30, ge=1, le=600)
@@ -110,6 +117,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     log_json: bool = True
     identity: IdentitySettings = IdentitySettings()
+    catalog: CatalogSettings = CatalogSettings()
     server: ServerSettings = ServerSettings()
 
     @field_validator("database_url")

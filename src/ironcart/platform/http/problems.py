@@ -15,7 +15,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -147,9 +147,21 @@ async def _on_database_unavailable(_request: Request, error: Exception) -> Respo
     )
 
 
+async def _on_unstorable_data(_request: Request, error: Exception) -> Response:
+    # Defence in depth: input validation should have refused it; nothing was written.
+    _log.warning("database_refused_data", error=type(error).__name__)
+    return problem(
+        422,
+        "unstorable_data",
+        title="Data cannot be stored",
+        detail="A value in the request cannot be stored; nothing was changed.",
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IronCartError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(DataError, _on_unstorable_data)
     for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
         app.add_exception_handler(database_error, _on_database_unavailable)

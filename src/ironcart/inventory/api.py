@@ -1,0 +1,245 @@
+"""Inventory's staff HTTP API: stock per SKU (ETag / If-Match), adjustments, warehouses."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ironcart.contracts.identity import Principal
+from ironcart.inventory.domain import (
+    MAX_STOCK,
+    REASON_MAX_LENGTH,
+    SKU_PATTERN,
+    WAREHOUSE_CODE_PATTERN,
+    SkuStock,
+    Warehouse,
+)
+from ironcart.inventory.service import InventoryService
+from ironcart.platform.http.auth import StaffOnly
+from ironcart.platform.http.preconditions import required_version, version_etag
+from ironcart.platform.http.schemas import StrictModel
+
+MAX_LEVELS_PER_UPDATE = 100
+MAX_PRIORITY = 1_000_000
+
+
+def get_inventory_service(request: Request) -> InventoryService:
+    service: InventoryService = request.app.state.container.inventory
+    return service
+
+
+Inventory = Annotated[InventoryService, Depends(get_inventory_service)]
+Sku = Annotated[str, Path(min_length=1, max_length=64, pattern=SKU_PATTERN.pattern)]
+WarehouseCode = Annotated[str, Field(pattern=WAREHOUSE_CODE_PATTERN)]
+WarehouseCodeInPath = Annotated[str, Path(pattern=WAREHOUSE_CODE_PATTERN)]
+Reason = Annotated[str, Field(min_length=1, max_length=REASON_MAX_LENGTH, pattern=r"\S")]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
+Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY)]
+Quantity = Annotated[int, Field(ge=0, le=MAX_STOCK)]
+
+
+class _Strict(StrictModel):
+    pass
+
+
+class LevelUpdate(_Strict):
+    warehouse: WarehouseCode
+    on_hand: Quantity
+
+
+class StockUpdate(_Strict):
+    levels: Annotated[list[LevelUpdate], Field(max_length=MAX_LEVELS_PER_UPDATE)] = Field(
+        default_factory=list
+    )
+    low_stock_threshold: Quantity | None = None
+    reason: Reason
+
+    @field_validator("levels")
+    @classmethod
+    def _one_line_per_warehouse(cls, levels: list[LevelUpdate]) -> list[LevelUpdate]:
+        codes = [level.warehouse for level in levels]
+        if len(set(codes)) != len(codes):
+            raise ValueError("each warehouse may appear once")
+        return levels
+
+
+class AdjustmentCreate(_Strict):
+    warehouse: WarehouseCode
+    delta: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)]
+    reason: Reason
+
+    @field_validator("delta")
+    @classmethod
+    def _not_zero(cls, delta: int) -> int:
+        if delta == 0:
+            raise ValueError("must not be 0")
+        return delta
+
+
+class LevelRead(BaseModel):
+    warehouse: str
+    warehouse_active: bool
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class StockRead(BaseModel):
+    sku: str
+    levels: list[LevelRead]
+    available: int
+    low_stock_threshold: int
+
+    @classmethod
+    def of(cls, stock: SkuStock) -> StockRead:
+        return cls(
+            sku=stock.sku,
+            levels=[
+                LevelRead(
+                    warehouse=level.warehouse.code,
+                    warehouse_active=level.warehouse.active,
+                    on_hand=level.on_hand,
+                    reserved=level.reserved,
+                    available=level.available,
+                )
+                for level in stock.levels
+            ],
+            available=stock.available,
+            low_stock_threshold=stock.low_stock_threshold,
+        )
+
+
+class WarehouseCreate(_Strict):
+    code: WarehouseCode
+    name: Name
+    priority: Priority = 100
+
+
+class WarehouseUpdate(_Strict):
+    name: Name | None = None
+    priority: Priority | None = None
+    active: bool | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> WarehouseUpdate:
+        if self.name is None and self.priority is None and self.active is None:
+            raise ValueError("name, priority or active is required")
+        return self
+
+
+class WarehouseRead(BaseModel):
+    id: str
+    code: str
+    name: str
+    priority: int
+    active: bool
+
+    @classmethod
+    def of(cls, warehouse: Warehouse) -> WarehouseRead:
+        return cls(
+            id=warehouse.id,
+            code=warehouse.code,
+            name=warehouse.name,
+            priority=warehouse.priority,
+            active=warehouse.active,
+        )
+
+
+router = APIRouter(tags=["inventory"])
+
+
+def _actor(principal: Principal) -> str:
+    return (principal.user_id or principal.client_id or principal.subject)[:64]
+
+
+def _expected_version(request: Request) -> int:
+    """`If-None-Match: *` creates the SKU's inventory (version 0); otherwise `If-Match`."""
+    if "if-match" not in request.headers and request.headers.get("if-none-match") == "*":
+        return 0
+    return required_version(request)
+
+
+def _with_etag(stock: SkuStock, response: Response) -> StockRead:
+    response.headers["ETag"] = version_etag(stock.version)
+    return StockRead.of(stock)
+
+
+@router.get("/api/v1/inventory/{sku}", response_model=StockRead)
+async def read_stock(
+    sku: Sku, request: Request, response: Response, _staff: StaffOnly, inventory: Inventory
+) -> StockRead | Response:
+    stock = await inventory.get_stock(sku=sku)
+    etag = version_etag(stock.version)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return _with_etag(stock, response)
+
+
+@router.put("/api/v1/inventory/{sku}", response_model=StockRead)
+async def update_stock(
+    sku: Sku,
+    body: StockUpdate,
+    request: Request,
+    response: Response,
+    staff: StaffOnly,
+    inventory: Inventory,
+) -> StockRead:
+    stock = await inventory.set_stock(
+        sku=sku,
+        expected_version=_expected_version(request),
+        on_hand={level.warehouse: level.on_hand for level in body.levels},
+        low_stock_threshold=body.low_stock_threshold,
+        reason=body.reason,
+        actor=_actor(staff),
+    )
+    return _with_etag(stock, response)
+
+
+@router.post("/api/v1/inventory/{sku}/adjustments", response_model=StockRead)
+async def adjust_stock(
+    sku: Sku, body: AdjustmentCreate, response: Response, staff: StaffOnly, inventory: Inventory
+) -> StockRead:
+    stock = await inventory.adjust(
+        sku=sku,
+        warehouse=body.warehouse,
+        delta=body.delta,
+        reason=body.reason,
+        actor=_actor(staff),
+    )
+    return _with_etag(stock, response)
+
+
+@router.get("/api/v1/warehouses", response_model=list[WarehouseRead])
+async def list_warehouses(_staff: StaffOnly, inventory: Inventory) -> list[WarehouseRead]:
+    return [WarehouseRead.of(warehouse) for warehouse in await inventory.list_warehouses()]
+
+
+@router.post("/api/v1/warehouses", status_code=201, response_model=WarehouseRead)
+async def create_warehouse(
+    body: WarehouseCreate, response: Response, _staff: StaffOnly, inventory: Inventory
+) -> WarehouseRead:
+    warehouse = await inventory.create_warehouse(
+        code=body.code, name=body.name, priority=body.priority
+    )
+    response.headers["Location"] = f"/api/v1/warehouses/{warehouse.code}"
+    return WarehouseRead.of(warehouse)
+
+
+@router.patch("/api/v1/warehouses/{code}", response_model=WarehouseRead)
+async def update_warehouse(
+    code: WarehouseCodeInPath, body: WarehouseUpdate, _staff: StaffOnly, inventory: Inventory
+) -> WarehouseRead:
+    warehouse = await inventory.update_warehouse(
+        code=code, name=body.name, priority=body.priority, active=body.active
+    )
+    return WarehouseRead.of(warehouse)
+
+
+@router.delete("/api/v1/warehouses/{code}", status_code=204)
+async def deactivate_warehouse(
+    code: WarehouseCodeInPath, _staff: StaffOnly, inventory: Inventory
+) -> Response:
+    await inventory.deactivate_warehouse(code=code)
+    return Response(status_code=204)

@@ -1,0 +1,54 @@
+"""The port other contexts use to reach inventory (cart, ordering, catalog, flash sales)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ironcart.contracts.inventory import Reservation
+from ironcart.inventory.service import InventoryService
+
+
+class InventoryClient(Protocol):
+    async def availability(self, skus: Sequence[str]) -> dict[str, int]:
+        """Units of each SKU that can be reserved now (0 for an unknown SKU)."""
+        ...
+
+    async def reserve(
+        self, *, sku: str, quantity: int, owner: str, ttl_seconds: int
+    ) -> Reservation:
+        """Hold stock until the TTL ends; `InsufficientStock` (409) when there is not enough."""
+        ...
+
+    async def commit(self, *, reservation_id: str) -> None:
+        """Sell the held stock; idempotent; raises `ReservationExpired` after expiry or release."""
+        ...
+
+    async def release(self, *, reservation_id: str) -> None:
+        """Give the held stock back; idempotent."""
+        ...
+
+
+class InProcessInventoryClient:
+    def __init__(self, service: InventoryService) -> None:
+        self._service = service
+
+    async def availability(self, skus: Sequence[str]) -> dict[str, int]:
+        """Availability read from inventory's own store."""
+        return await self._service.availability(skus=skus)
+
+    async def reserve(
+        self, *, sku: str, quantity: int, owner: str, ttl_seconds: int
+    ) -> Reservation:
+        """Reserve through the inventory service in this process."""
+        return await self._service.reserve(
+            sku=sku, quantity=quantity, owner=owner, ttl_seconds=ttl_seconds
+        )
+
+    async def commit(self, *, reservation_id: str) -> None:
+        """Commit through the inventory service in this process."""
+        await self._service.commit(reservation_id=reservation_id)
+
+    async def release(self, *, reservation_id: str) -> None:
+        """Release through the inventory service in this process."""
+        await self._service.release(reservation_id=reservation_id)

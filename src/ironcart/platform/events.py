@@ -1,0 +1,34 @@
+"""The in-process event bus: past-tense events, any number of handlers, published after commit.
+
+A use case collects its events while its unit of work is open and hands them to
+`publish` only after `commit()` returned, so nothing is announced that was not stored.
+Handler errors are logged and do not reach the publisher. (The durable outbox and the
+NATS JetStream relay build on this interface.)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+
+Handler = Callable[[Any], Awaitable[None]]
+_log = structlog.get_logger("ironcart.events")
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._handlers: dict[type, list[Handler]] = defaultdict(list)
+
+    def subscribe(self, event_type: type, handler: Handler) -> None:
+        self._handlers[event_type].append(handler)
+
+    async def publish(self, events: Iterable[object]) -> None:
+        for event in events:
+            for handler in self._handlers.get(type(event), ()):
+                try:
+                    await handler(event)
+                except Exception:  # noqa: BLE001 - one failing subscriber must not fail the others
+                    _log.exception("event_handler_failed", event=type(event).__name__)

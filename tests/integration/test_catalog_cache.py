@@ -1,0 +1,93 @@
+"""The product cache: one rebuild per cold key, consistent across processes, degrades cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from tests.support.app import running_app, settings_for
+from tests.support.catalog import product_payload, staff_headers
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+def _count_product_reads(engine: Any) -> list[str]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM catalog_products" in statement or "FROM catalog_variants" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    return statements
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["in-process", "redis"])
+async def test_two_hundred_concurrent_requests_for_a_cold_key_read_the_database_once(
+    postgres_url: str, redis_url: str, with_redis: bool
+) -> None:
+    settings = settings_for(
+        postgres_url, redis_url=redis_url if with_redis else None, database_pool_size=20
+    )
+    async with running_app(settings) as (app, client):
+        staff = await staff_headers(app, client)
+        created = await client.post(
+            "/api/v1/products", json=product_payload("Hot Item"), headers=staff
+        )
+        product_id = created.json()["id"]
+        statements = _count_product_reads(app.state.container.engine)
+        responses = await asyncio.gather(
+            *(client.get(f"/api/v1/products/{product_id}") for _ in range(200))
+        )
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.content for response in responses}) == 1
+    # One build: the product row, its variants, their availability; nothing more.
+    assert len(statements) == 3, statements
+
+
+async def test_price_change_reaches_another_process_within_a_second(
+    postgres_url: str, redis_url: str
+) -> None:
+    settings = settings_for(postgres_url, redis_url=redis_url)
+    sku = f"SKU-{uuid.uuid4().hex[:8]}"
+    async with running_app(settings) as (app, writer), running_app(settings) as (_b, reader):
+        staff = await staff_headers(app, writer)
+        created = await writer.post(
+            "/api/v1/products",
+            json=product_payload("Shared Item", sku=sku, price="10.00"),
+            headers=staff,
+        )
+        url = f"/api/v1/products/{created.json()['id']}"
+        for _ in range(3):  # warm the reader's L1 and Redis
+            assert (await reader.get(url)).json()["price"]["min"]["amount"] == "10.00"
+        changed = await writer.patch(
+            f"/api/v1/variants/{sku}",
+            json={"price": {"amount": "11.00", "currency": "USD"}},
+            headers={**staff, "If-Match": '"v1"'},
+        )
+        assert changed.status_code == 200
+        started = time.monotonic()
+        while (await reader.get(url)).json()["price"]["min"]["amount"] != "11.00":
+            assert time.monotonic() - started < 1.0, "stale price served for more than 1 s"
+            await asyncio.sleep(0.02)
+
+
+async def test_shop_keeps_answering_when_redis_is_unreachable(sqlite_url: str) -> None:
+    settings = settings_for(sqlite_url, redis_url="redis://127.0.0.1:1/0")
+    async with running_app(settings) as (app, client):
+        staff = await staff_headers(app, client)
+        created = await client.post(
+            "/api/v1/products", json=product_payload("No Redis Lamp"), headers=staff
+        )
+        assert created.status_code == 201
+        url = f"/api/v1/products/{created.json()['id']}"
+        for _ in range(3):
+            assert (await client.get(url)).status_code == 200
+        assert (await client.get("/api/v1/products")).status_code == 200
+        assert (await client.get("/api/v1/categories")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 503
