@@ -91,3 +91,46 @@ async def test_shop_keeps_answering_when_redis_is_unreachable(sqlite_url: str) -
         assert (await client.get("/api/v1/products")).status_code == 200
         assert (await client.get("/api/v1/categories")).status_code == 200
         assert (await client.get("/readyz")).status_code == 503
+
+
+def _via(proxy: Any, url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(host=proxy.host, port=proxy.port).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["in-process", "redis"])
+async def test_warm_product_pages_are_served_while_postgresql_is_away(
+    postgres_url: str, redis_url: str, with_redis: bool
+) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    target = urlsplit(postgres_url)
+    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        settings = settings_for(
+            _via(proxy, postgres_url), redis_url=redis_url if with_redis else None
+        )
+        async with running_app(settings) as (app, client):
+            staff = await staff_headers(app, client)
+            created = await client.post(
+                "/api/v1/products", json=product_payload("Outage Lamp"), headers=staff
+            )
+            url = f"/api/v1/products/{created.json()['id']}"
+            warm = await client.get(url)
+            assert warm.status_code == 200
+            await client.get("/api/v1/products")
+            await proxy.cut()
+            await asyncio.sleep(1.2)  # past the 1 s L1 lifetime: the cache must revalidate
+            during = [await client.get(url) for _ in range(5)]
+            listing = await client.get("/api/v1/products")
+            uncached = await client.get("/api/v1/products?q=anything")
+            await proxy.restore()
+            after = await client.get(url)
+    assert [response.status_code for response in during] == [200] * 5
+    assert all(response.content == warm.content for response in during)
+    assert listing.status_code == 200
+    assert uncached.status_code == 503  # never cached: a clean problem, not a hang or a 500
+    assert uncached.headers["content-type"] == "application/problem+json"
+    assert after.status_code == 200

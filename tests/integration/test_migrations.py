@@ -24,6 +24,8 @@ FULL_TEXT_SEARCH = "catalog_products_fts"
 
 
 def _declared(name: str | None, type_: str, _parent: object) -> bool:
+    if type_ == "column" and name == "search_vector":  # PostgreSQL's generated tsvector
+        return False
     return not (name or "").startswith(("ix_" + FULL_TEXT_SEARCH, FULL_TEXT_SEARCH))
 
 

@@ -178,7 +178,7 @@ def encode_category_tree(categories: list[Category]) -> bytes:
         }
         for c in categories
     }
-    roots: list[dict[str, Any]] = Field(default_factory=list)
+    roots: list[dict[str, Any]] = []
     for category in categories:
         parent = nodes.get(category.parent_id) if category.parent_id else None
         (parent["children"] if parent else roots).append(nodes[category.id])

@@ -1,7 +1,7 @@
 """Product listing and full-text search with keyset pagination, per database dialect.
 
 Full-text search uses each database's own engine:
-- PostgreSQL: `to_tsvector('english', name || ' ' || description)` with a GIN expression index;
+- PostgreSQL: a stored, weighted `tsvector` column (name A, description B) with a GIN index;
 - SQLite: the FTS5 table `catalog_products_fts`, kept in step by triggers;
 - MariaDB/MySQL: a FULLTEXT index on (name, description), natural-language mode.
 Pagination is keyset ("search after"): each page costs the same, page 1 or page 1,000.
@@ -62,21 +62,14 @@ def _fts5_query(text_query: str) -> str:
     return " ".join(f'"{word}"' for word in _WORD.findall(text_query)[:16])
 
 
-def _postgres_document() -> ColumnElement[Any]:
-    # Must stay the expression of the GIN index `ix_catalog_products_fts` (migration 0003).
-    english: ColumnElement[Any] = literal_column("'english'::regconfig")
-    return func.to_tsvector(
-        english, products.c.name.op("||")(literal_column("' '")).op("||")(products.c.description)
-    )
-
-
 def _search_score(dialect: str, words: str) -> tuple[ColumnElement[Any], Any, ColumnElement[bool]]:
     """(score expression, a subquery to join or None, the match condition) for `words`."""
     if dialect == "postgresql":
         query = func.websearch_to_tsquery(
             literal_column("'english'::regconfig"), bindparam("q", words)
         )
-        document = _postgres_document()
+        # The stored, weighted `search_vector` column and its GIN index (migration 0003).
+        document: ColumnElement[Any] = literal_column("catalog_products.search_vector")
         return func.ts_rank(document, query), None, document.op("@@")(query)
     if dialect == "sqlite":
         fts = (
@@ -148,11 +141,8 @@ def _ordered(
     return statement.order_by(key.asc(), products.c.id.asc())
 
 
-async def list_products(session: AsyncSession, query: ListingQuery) -> ListingPage:
-    """One page of published products matching `query`, and the key to continue after it."""
-    dialect = session.get_bind().dialect.name
-    if query.text is not None and not _WORD.search(query.text):
-        return ListingPage(rows=[], sort=query.sort, next_key=None)
+def listing_statement(dialect: str, query: ListingQuery) -> tuple[Select[Any], Sort]:
+    """The one SELECT behind a listing page (exposed so tests can EXPLAIN the real query)."""
     statement = _filtered(query)
     sort = query.sort if query.text or query.sort is not Sort.RELEVANCE else Sort.NEWEST
     score: ColumnElement[Any] | None = None
@@ -161,7 +151,14 @@ async def list_products(session: AsyncSession, query: ListingQuery) -> ListingPa
         if join is not None:
             statement = statement.join(join, join.c.product_id == products.c.id)
         statement = statement.where(condition).add_columns(score.label("score"))
-    statement = _ordered(statement, sort, score, query.after).limit(query.limit + 1)
+    return _ordered(statement, sort, score, query.after).limit(query.limit + 1), sort
+
+
+async def list_products(session: AsyncSession, query: ListingQuery) -> ListingPage:
+    """One page of published products matching `query`, and the key to continue after it."""
+    if query.text is not None and not _WORD.search(query.text):
+        return ListingPage(rows=[], sort=query.sort, next_key=None)
+    statement, sort = listing_statement(session.get_bind().dialect.name, query)
     rows = [dict(row) for row in (await session.execute(statement)).mappings()]
     next_key = None
     if len(rows) > query.limit:

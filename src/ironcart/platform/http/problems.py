@@ -142,7 +142,7 @@ async def _on_database_unavailable(_request: Request, error: Exception) -> Respo
         503,
         "database_unavailable",
         title="Service temporarily unavailable",
-        detail="The database cannot be reached; nothing was changed. Retry later.",
+        detail="A backing service (the database) cannot be reached; nothing was changed.",
         headers={"Retry-After": "5"},
     )
 
@@ -163,5 +163,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(DataError, _on_unstorable_data)
-    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+    # A driver may surface a refused or timed-out connection as a bare OSError/TimeoutError.
+    for database_error in (
+        OperationalError,
+        InterfaceError,
+        PoolTimeoutError,
+        OSError,
+        TimeoutError,
+    ):
         app.add_exception_handler(database_error, _on_database_unavailable)
