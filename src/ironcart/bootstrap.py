@@ -92,6 +92,7 @@ def bootstrap(settings: Settings) -> Container:
         keep_seconds=settings.catalog.cache_keep_seconds,
         l1_seconds=settings.catalog.cache_l1_seconds,
         stale_on=(OperationalError, InterfaceError, PoolTimeoutError, OSError),
+        enabled=settings.catalog.cache_enabled,
     )
     catalog = CatalogService(uow_factory=lambda: CatalogUnitOfWork(sessions), bus=bus)
     inventory = InventoryService(uow_factory=lambda: InventoryUnitOfWork(sessions), bus=bus)

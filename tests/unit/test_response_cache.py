@@ -96,3 +96,12 @@ async def test_l1_is_bounded() -> None:
     for index in range(50):
         await cache.get_or_build(f"k{index}", tags=("t",), build=build, cache_name="test")
     assert sum(cache.peek(f"k{index}") is not None for index in range(50)) == 10
+
+
+async def test_a_disabled_cache_always_builds() -> None:
+    cache = ResponseCache(None, enabled=False)
+    build = CountingBuilder()
+    for _ in range(3):
+        await cache.get_or_build("k", tags=("t",), build=build, cache_name="test")
+    assert build.calls == 3
+    assert cache.peek("k") is None

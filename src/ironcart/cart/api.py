@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from ironcart.cart.domain import (
     MAX_LINE_QUANTITY,
@@ -24,6 +24,7 @@ from ironcart.cart.domain import (
 from ironcart.cart.service import CartService
 from ironcart.platform.http.auth import CurrentUserId, current_principal
 from ironcart.platform.http.preconditions import required_version, version_etag
+from ironcart.platform.http.schemas import StrictModel
 from ironcart.platform.money import Money
 
 CART_TOKEN_HEADER = "X-Cart-Token"  # noqa: S105 - a header name, not a secret
@@ -60,19 +61,15 @@ async def cart_access(user_id: OptionalUserId, token: CartToken = None) -> Acces
 CartAccess = Annotated[Access, Depends(cart_access)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 Sku = Annotated[str, StringConstraints(pattern=SKU_PATTERN)]
 
 
-class LineAdd(_Strict):
+class LineAdd(StrictModel):
     sku: Sku
     quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY)] = 1
 
 
-class LineUpdate(_Strict):
+class LineUpdate(StrictModel):
     quantity: Annotated[int, Field(strict=True, ge=0, le=MAX_LINE_QUANTITY)]
 
 

@@ -25,11 +25,7 @@ ProductId = Annotated[str, Field(max_length=36)]
 ImageUrl = Annotated[str, StringConstraints(pattern=r"^https://[^\s]{1,1000}$")]
 
 
-class _Strict(StrictModel):
-    pass
-
-
-class MoneyIn(_Strict):
+class MoneyIn(StrictModel):
     amount: Annotated[
         Decimal, Field(ge=0, le=Decimal("99999999.99"), max_digits=12, decimal_places=3)
     ]
@@ -39,7 +35,7 @@ class MoneyIn(_Strict):
         return Money.of(self.amount, self.currency)
 
 
-class VariantCreate(_Strict):
+class VariantCreate(StrictModel):
     sku: Sku
     name: Name
     price: MoneyIn
@@ -48,7 +44,7 @@ class VariantCreate(_Strict):
     attributes: Attributes = Field(default_factory=dict)
 
 
-class VariantUpdate(_Strict):
+class VariantUpdate(StrictModel):
     name: Name | None = None
     price: MoneyIn | None = None
     weight_grams: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
@@ -56,7 +52,7 @@ class VariantUpdate(_Strict):
     attributes: Attributes | None = None
 
 
-class ProductCreate(_Strict):
+class ProductCreate(StrictModel):
     name: Name
     slug: Slug | None = None
     description: Annotated[str, Field(max_length=20_000)] = ""
@@ -67,7 +63,7 @@ class ProductCreate(_Strict):
     variants: Annotated[list[VariantCreate], Field(max_length=100)] = Field(default_factory=list)
 
 
-class ProductUpdate(_Strict):
+class ProductUpdate(StrictModel):
     name: Name | None = None
     slug: Slug | None = None
     description: Annotated[str, Field(max_length=20_000)] | None = None
@@ -77,20 +73,20 @@ class ProductUpdate(_Strict):
     attributes: Attributes | None = None
 
 
-class CategoryCreate(_Strict):
+class CategoryCreate(StrictModel):
     name: Name
     slug: Slug | None = None
     parent: Annotated[str, Field(max_length=120)] | None = None
     position: Annotated[int, Field(ge=0, le=100_000)] = 0
 
 
-class CategoryUpdate(_Strict):
+class CategoryUpdate(StrictModel):
     name: Name | None = None
     slug: Slug | None = None
     position: Annotated[int, Field(ge=0, le=100_000)] | None = None
 
 
-class CollectionCreate(_Strict):
+class CollectionCreate(StrictModel):
     name: Name
     slug: Slug | None = None
     product_ids: Annotated[list[ProductId], Field(max_length=500)] = Field(default_factory=list)

@@ -37,25 +37,21 @@ def get_identity_service(request: Request) -> IdentityService:
 Identity = Annotated[IdentityService, Depends(get_identity_service)]
 
 
-class _Strict(StrictModel):
-    pass
-
-
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=r"\S")]
 Password = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)]
 
 
-class UserRegister(_Strict):
+class UserRegister(StrictModel):
     email: Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH)]
     password: Password
     name: Name
 
 
-class UserUpdate(_Strict):
+class UserUpdate(StrictModel):
     name: Name
 
 
-class PasswordChange(_Strict):
+class PasswordChange(StrictModel):
     current_password: Password
     new_password: Password
 

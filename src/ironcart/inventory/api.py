@@ -40,16 +40,12 @@ Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY)]
 Quantity = Annotated[int, Field(ge=0, le=MAX_STOCK)]
 
 
-class _Strict(StrictModel):
-    pass
-
-
-class LevelUpdate(_Strict):
+class LevelUpdate(StrictModel):
     warehouse: WarehouseCode
     on_hand: Quantity
 
 
-class StockUpdate(_Strict):
+class StockUpdate(StrictModel):
     levels: Annotated[list[LevelUpdate], Field(max_length=MAX_LEVELS_PER_UPDATE)] = Field(
         default_factory=list
     )
@@ -65,7 +61,7 @@ class StockUpdate(_Strict):
         return levels
 
 
-class AdjustmentCreate(_Strict):
+class AdjustmentCreate(StrictModel):
     warehouse: WarehouseCode
     delta: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)]
     reason: Reason
@@ -111,13 +107,13 @@ class StockRead(BaseModel):
         )
 
 
-class WarehouseCreate(_Strict):
+class WarehouseCreate(StrictModel):
     code: WarehouseCode
     name: Name
     priority: Priority = 100
 
 
-class WarehouseUpdate(_Strict):
+class WarehouseUpdate(StrictModel):
     name: Name | None = None
     priority: Priority | None = None
     active: bool | None = None

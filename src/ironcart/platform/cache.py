@@ -79,7 +79,9 @@ class ResponseCache:
         l1_max_entries: int = 20_000,
         generation_ttl: float = 1.0,
         stale_on: tuple[type[BaseException], ...] = (),
+        enabled: bool = True,
     ) -> None:
+        self._enabled = enabled
         self._redis = redis
         self._namespace = namespace
         self._fresh = fresh_seconds
@@ -110,6 +112,8 @@ class ResponseCache:
 
     def peek(self, key: str) -> CachedResponse | None:
         """The L1 entry if it is fresh and valid right now: no I/O (for the raw ASGI fast path)."""
+        if not self._enabled:
+            return None
         held = self._l1.get(key)
         if held is None or held[1] < time.monotonic():
             return None
@@ -126,6 +130,8 @@ class ResponseCache:
         `tags` must be known before building: their generations are read first, so a change
         committed while the builder reads the database leaves the new entry already stale.
         """
+        if not self._enabled:  # measurement mode: every read goes to the database
+            return _entry(await build(), {})
         entry = self.peek(key)
         if entry is not None:
             CACHE_LOOKUPS.labels(cache_name, "l1_hit").inc()

@@ -88,6 +88,8 @@ class CatalogSettings(_Section):
     cache_fresh_seconds: float = Field(default=300.0, gt=0, le=86400)
     cache_keep_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     cache_l1_seconds: float = Field(default=1.0, ge=0, le=1.0)
+    # Off only to measure uncached reads (`make bench` case c); never in a real deployment.
+    cache_enabled: bool = True
 
 
 class ServerSettings(_Section):
