@@ -170,8 +170,7 @@ async def list_products(
 
 async def product_page(ref: str, catalog: CatalogService, cache: ResponseCache) -> CachedResponse:
     async def build() -> Built:
-        product = await catalog.get_product(id_or_slug=ref)
-        availability = await catalog.availability(product_id=product.id)
+        product, availability = await catalog.product_page(id_or_slug=ref)
         return Built(encode_product(product, availability), etag_prefix=f"v{product.version}")
 
     return await cache.get_or_build(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -155,6 +156,23 @@ def variant_from_row(row: Any) -> Variant:
     )
 
 
+def _product(row: Any, product_variants: list[Variant]) -> Product:
+    return Product(
+        id=row["id"],
+        slug=row["slug"],
+        name=row["name"],
+        description=row["description"],
+        published=bool(row["published"]),
+        category_id=row["category_id"],
+        images=_loads(row["images"]) or [],
+        attributes=_loads(row["attributes"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=int(row["version"]),
+        variants=product_variants,
+    )
+
+
 class SqlProductRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -216,20 +234,30 @@ class SqlProductRepository:
             .where(variants.c.product_id == row["id"])
             .order_by(variants.c.position, variants.c.sku)
         )
-        return Product(
-            id=row["id"],
-            slug=row["slug"],
-            name=row["name"],
-            description=row["description"],
-            published=bool(row["published"]),
-            category_id=row["category_id"],
-            images=_loads(row["images"]) or [],
-            attributes=_loads(row["attributes"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            version=int(row["version"]),
-            variants=[variant_from_row(v) for v in variant_rows.mappings()],
+        return _product(row, [variant_from_row(v) for v in variant_rows.mappings()])
+
+    async def page(self, id_or_slug: str) -> tuple[Product, dict[str, int]] | None:
+        """A product, its variants and their availability in one round trip (the hot read)."""
+        variant_columns = [column.label(f"v_{column.name}") for column in variants.c]
+        query = (
+            select(products, *variant_columns)
+            .outerjoin(variants, variants.c.product_id == products.c.id)
+            .where(or_(products.c.id == id_or_slug, products.c.slug == id_or_slug))
+            .order_by(products.c.id, variants.c.position, variants.c.sku)
         )
+        rows = list((await self._session.execute(query)).mappings())
+        if not rows:
+            return None
+        first = [row for row in rows if row["id"] == id_or_slug] or rows
+        product_id = first[0]["id"]
+        mine = [row for row in rows if row["id"] == product_id]
+        found = [
+            {column.name: row[f"v_{column.name}"] for column in variants.c}
+            for row in mine
+            if row["v_sku"] is not None
+        ]
+        product = _product(mine[0], [variant_from_row(v) for v in found])
+        return product, {v["sku"]: int(v["available"]) for v in found}
 
     async def count(self) -> int:
         return int(

@@ -176,6 +176,14 @@ class CatalogService:
             raise ProductNotFound
         return product
 
+    async def product_page(self, *, id_or_slug: str) -> tuple[Product, dict[str, int]]:
+        """A published product and its availability per SKU, read in one query (for shoppers)."""
+        async with self._uow() as uow:
+            found = await uow.products.page(id_or_slug)
+        if found is None or not found[0].published:
+            raise ProductNotFound
+        return found
+
     async def count_products(self) -> int:
         """How many products the catalog holds (published or not)."""
         async with self._uow() as uow:
