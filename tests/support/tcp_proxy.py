@@ -1,11 +1,11 @@
 """A TCP proxy that tests can cut and restore, to take a real server "away" and back.
 
-    async with TcpProxy("127.0.0.1", 5432) as proxy:
-        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/db"
-        await proxy.cut()      # open connections are aborted, new ones refused
-        await proxy.restore()  # listening again on the same port
-        proxy.stall()          # connections accepted and kept, but no byte goes through
-        await proxy.restore()  # traffic flows again
+async with TcpProxy("127.0.0.1", 5432) as proxy:
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/db"
+    await proxy.cut()      # open connections are aborted, new ones refused
+    await proxy.restore()  # listening again on the same port
+    proxy.stall()          # connections accepted and kept, but no byte goes through
+    await proxy.restore()  # traffic flows again
 """
 
 from __future__ import annotations
@@ -94,9 +94,7 @@ class TcpProxy:
             self._writers.add(upstream)
             _set_nodelay(writer)
             _set_nodelay(upstream)
-            await asyncio.gather(
-                self._pump(reader, upstream), self._pump(upstream_reader, writer)
-            )
+            await asyncio.gather(self._pump(reader, upstream), self._pump(upstream_reader, writer))
         except (OSError, asyncio.CancelledError):
             # Target unreachable, or cut: end quietly. The handler task must not finish
             # cancelled, or asyncio's stream machinery logs the cancellation as an error.

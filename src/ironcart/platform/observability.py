@@ -51,7 +51,9 @@ def bind_request_id(request_id: str | None) -> None:
 def configure_logging(*, level: str = "info", json: bool = True) -> None:
     """Send structlog and stdlib logs to stderr, one JSON object a line."""
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -25,14 +25,29 @@ async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure of an abandoned probe is not an error
+
+
 async def _run_check(
     name: str, check: ReadinessCheck, limit_seconds: float
 ) -> tuple[str, str | None]:
-    try:
-        await asyncio.wait_for(check(), limit_seconds)
-    except TimeoutError:
+    # Not wait_for: cancelling a check stuck on a dead socket can itself hang (closing the
+    # pooled connection); the probe answers on time and the cancelled task finishes later.
+    task = asyncio.ensure_future(check())
+    done, _pending = await asyncio.wait({task}, timeout=limit_seconds)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
         return name, "timed out"
-    except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
+    error = task.exception()
+    if error is not None:
         _log.warning("readiness_check_failed", dependency=name, error=type(error).__name__)
         return name, type(error).__name__
     return name, None
