@@ -58,8 +58,18 @@ def main() -> None:
 @click.option("--host", default=None, help="Bind address [default: IRONCART_HOST or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: IRONCART_PORT or 8000].")
 @click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
-def serve(service: str, host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the HTTP API (uvicorn; SIGTERM drains in-flight requests)."""
+@click.option(
+    "--server",
+    "http_server",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
+    show_default=True,
+    help="The ASGI server to run the app on.",
+)
+def serve(
+    service: str, host: str | None, port: int | None, workers: int | None, http_server: str
+) -> None:
+    """Serve the HTTP API (SIGTERM drains in-flight requests)."""
     import uvicorn
 
     settings = _settings(host=host, port=port, workers=workers)
@@ -70,6 +80,9 @@ def serve(service: str, host: str | None, port: int | None, workers: int | None)
     from ironcart.platform.observability import configure_logging
 
     configure_logging(level=settings.log_level, json=settings.log_json)
+    if http_server == "granian":
+        _serve_granian(settings)
+        return
     # uvicorn re-raises SIGTERM after draining; a drained shutdown is a clean exit (status 0).
     signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
@@ -84,6 +97,24 @@ def serve(service: str, host: str | None, port: int | None, workers: int | None)
         proxy_headers=True,
         timeout_graceful_shutdown=settings.server.graceful_shutdown_seconds,
     )
+
+
+def _serve_granian(settings: Settings) -> None:
+    """Granian (Rust HTTP, asyncio workers): an alternative measured by `make bench`."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "ironcart.asgi:create",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        log_access=False,
+        workers_kill_timeout=settings.server.graceful_shutdown_seconds,
+    ).serve()
 
 
 def _exit_after_drain(_signum: int, _frame: object) -> None:
