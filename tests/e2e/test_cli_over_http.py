@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from pathlib import Path
@@ -80,7 +81,12 @@ async def test_users_clients_and_key_rotation_made_by_the_cli(
             new_kid = _line_value(rotated.stdout.decode(), "new signing key kid")
             assert new_kid != old_kid
 
-            jwks = (await http.get("/.well-known/jwks.json")).json()["keys"]
+            # The server keeps the published keys for up to 5 s (JWKS_CACHE_SECONDS).
+            for _ in range(70):
+                jwks = (await http.get("/.well-known/jwks.json")).json()["keys"]
+                if len(jwks) == 2:
+                    break
+                await asyncio.sleep(0.1)
             assert len(jwks) == 2
             assert {key["kid"] for key in jwks} == {old_kid, new_kid}
             assert all("d" not in key for key in jwks)

@@ -34,7 +34,7 @@ NO_STORE = "no-store"
 router = APIRouter(tags=["cart"])
 
 
-def get_cart_service(request: Request) -> CartService:
+async def get_cart_service(request: Request) -> CartService:
     service: CartService = request.app.state.container.cart
     return service
 

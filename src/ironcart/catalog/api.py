@@ -48,12 +48,12 @@ JSON = "application/json"
 router = APIRouter(tags=["catalog"])
 
 
-def get_catalog(request: Request) -> CatalogService:
+async def get_catalog(request: Request) -> CatalogService:
     service: CatalogService = request.app.state.container.catalog
     return service
 
 
-def get_cache(request: Request) -> ResponseCache:
+async def get_cache(request: Request) -> ResponseCache:
     cache: ResponseCache = request.app.state.container.cache
     return cache
 

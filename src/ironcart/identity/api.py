@@ -29,7 +29,7 @@ MAX_FORM_FIELD = 4096
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def get_identity_service(request: Request) -> IdentityService:
+async def get_identity_service(request: Request) -> IdentityService:
     service: IdentityService = request.app.state.container.identity
     return service
 

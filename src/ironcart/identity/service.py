@@ -41,6 +41,7 @@ from ironcart.platform.settings import IdentitySettings
 
 _log = structlog.get_logger("ironcart.identity")
 SIGNING_KEY_CACHE_SECONDS = 30.0
+JWKS_CACHE_SECONDS = 5.0
 CLOCK_SKEW = timedelta(seconds=60)
 
 
@@ -66,6 +67,7 @@ class IdentityService:
         self._key_box = key_box
         self._clock = clock
         self._signing_key: tuple[SigningKey, float] | None = None
+        self._published: tuple[list[dict[str, Any]], float] | None = None
         self._login_ip = Limit("login-ip", f"{settings.login_attempts_per_ip_per_minute}/minute")
         self._login_account = Limit(
             "login-account", f"{settings.login_failures_per_account_per_hour}/hour"
@@ -327,6 +329,7 @@ class IdentityService:
             )
             await uow.commit()
         self._signing_key = None
+        self._published = None
         return generated.kid
 
     async def ensure_signing_key(self) -> None:
@@ -337,11 +340,20 @@ class IdentityService:
         await self.rotate_signing_key()
 
     async def published_keys(self) -> list[dict[str, Any]]:
-        """The JWKS: active keys, and retired keys whose tokens may still be unexpired."""
+        """The JWKS: active keys, and retired keys whose tokens may still be unexpired.
+
+        Kept for a few seconds: verifiers and `/.well-known/jwks.json` ask for it constantly,
+        and a rotation only has to be visible before the new key signs (30 s, see above).
+        """
+        cached = self._published
+        if cached is not None and time.monotonic() - cached[1] < JWKS_CACHE_SECONDS:
+            return cached[0]
         ttl = timedelta(seconds=self._settings.access_token_ttl_seconds)
         async with self._uow() as uow:
             rows = await uow.signing_keys.published(retired_after=self._clock() - ttl - CLOCK_SKEW)
-        return [json.loads(row) for row in rows]
+        keys = [json.loads(row) for row in rows]
+        self._published = (keys, time.monotonic())
+        return keys
 
     async def _current_signing_key(self) -> SigningKey:
         cached = self._signing_key

@@ -25,7 +25,7 @@ MAX_LEVELS_PER_UPDATE = 100
 MAX_PRIORITY = 1_000_000
 
 
-def get_inventory_service(request: Request) -> InventoryService:
+async def get_inventory_service(request: Request) -> InventoryService:
     service: InventoryService = request.app.state.container.inventory
     return service
 

@@ -50,7 +50,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     options: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": pool_size,
-        "pool_pre_ping": True,
+        # No pre-ping: it costs a round trip per request. A connection that died (server
+        # restart) fails its request once (503) and is discarded by the pool.
+        "pool_pre_ping": False,
         "pool_recycle": 1800,
         "pool_timeout": 5,
     }

@@ -15,7 +15,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -158,11 +158,26 @@ async def _on_unstorable_data(_request: Request, error: Exception) -> Response:
     )
 
 
+# SQLSTATE classes that mean "the database cannot serve now", not "this request is wrong":
+# 08 connection exception, 53 insufficient resources (too many clients), 57P operator
+# intervention (shutting down, cannot connect now).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+async def _on_driver_error(request: Request, error: Exception) -> Response:
+    original = getattr(error, "orig", None)
+    sqlstate = str(getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or "")
+    if sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return await _on_database_unavailable(request, error)
+    raise error  # a real bug: the outermost edge logs it and answers a bare 500
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IronCartError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(DataError, _on_unstorable_data)
+    app.add_exception_handler(DBAPIError, _on_driver_error)
     # A driver may surface a refused or timed-out connection as a bare OSError/TimeoutError.
     for database_error in (
         OperationalError,
