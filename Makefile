@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit integration e2e lock clean
+.PHONY: install run test lint unit integration e2e lock clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ e2e: install
 lock: install
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+## wrk against nginx, a raw ASGI app and IronCart (production mode, PostgreSQL, Redis) -> docs/benchmarks.md.
+## Quick smoke: BENCH_DURATION=2 BENCH_REPEATS=1 make bench. Knobs: see bench/run.py.
+bench: install
+	bash bench/install.sh && $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -109,12 +109,11 @@ class UnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        # close() ends whatever transaction is still open with a rollback (pool reset on
+        # return): one step instead of an ORM-level rollback followed by a close.
         session = self.session
-        try:
-            await session.rollback()
-        finally:
-            await session.close()
-            self._session = None
+        self._session = None
+        await session.close()
 
     async def commit(self) -> None:
         await self.session.commit()
