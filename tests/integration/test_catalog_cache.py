@@ -134,3 +134,44 @@ async def test_warm_product_pages_are_served_while_postgresql_is_away(
     assert uncached.status_code == 503  # never cached: a clean problem, not a hang or a 500
     assert uncached.headers["content-type"] == "application/problem+json"
     assert after.status_code == 200
+
+
+async def test_l1_is_trusted_past_its_ttl_only_while_invalidations_are_in_sync(
+    redis_url: str,
+) -> None:
+    from redis.asyncio import Redis
+
+    from ironcart.platform.cache import Built, ResponseCache
+
+    namespace = f"test:{uuid.uuid4().hex[:8]}"
+    writer_redis, reader_redis = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    writer = ResponseCache(writer_redis, namespace=namespace)
+    reader = ResponseCache(reader_redis, namespace=namespace)
+    await writer.start()
+    await reader.start()
+    builds = 0
+
+    async def build() -> Built:
+        nonlocal builds
+        builds += 1
+        return Built(b'{"n":%d}' % builds)
+
+    try:
+        await asyncio.sleep(0.6)  # both listeners answered a PING
+        await reader.get_or_build("k", tags=("product:k",), build=build, cache_name="test")
+        await asyncio.sleep(2.0)  # past the 1 s L1 lifetime
+        assert reader.peek("k") is not None  # still trusted: the channel is in sync
+        await writer.invalidate(["product:k"])
+        started = time.monotonic()
+        while reader.peek("k") is not None:
+            assert time.monotonic() - started < 1.0
+            await asyncio.sleep(0.01)
+        rebuilt = await reader.get_or_build(
+            "k", tags=("product:k",), build=build, cache_name="test"
+        )
+        assert rebuilt.body == b'{"n":2}'
+    finally:
+        await writer.stop()
+        await reader.stop()
+        await writer_redis.aclose()
+        await reader_redis.aclose()

@@ -3,8 +3,12 @@
 Consistency by tag generations. Each entry records the generation of every tag it
 depends on (`product:<id>`, `listing`...). `invalidate(tags)` bumps those generations in
 Redis and announces them on a pub/sub channel; every process updates its local copy at
-once, and re-reads generations from Redis at least every `generation_ttl` seconds in
-case a message was missed. An entry whose recorded generations are not current is stale.
+once. An entry whose recorded generations are not current is stale. L1 entries and local
+generations live `l1_seconds` / `generation_ttl` (1 s) and are then re-read from Redis,
+except while the channel is provably in sync: the listener PINGs every 0.25 s, and since
+Redis answers a PING after every message published before it, a PONG proves that every
+invalidation up to that PING has been applied. Within SYNC_WINDOW of such proof an entry is
+served from L1 without touching Redis; a silent or broken channel falls back to expiry.
 
 Stampedes: one rebuild per key per process (single flight) and, with Redis, a short
 cross-process lock; the others wait for the rebuilt entry. Stale-while-error: when a
@@ -24,10 +28,17 @@ import orjson
 import structlog
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 _log = structlog.get_logger("ironcart.cache")
 CHANNEL = "ironcart:cache:invalidate"
+PING_INTERVAL = 0.25
+PONG_TIMEOUT = 2.0
+# An L1 entry older than its TTL is still served while the channel proved itself in sync
+# this recently: consistency comes from the invalidations, not from expiry.
+SYNC_WINDOW = 0.75
 CACHE_LOOKUPS = Counter(
     "ironcart_cache_lookups_total",
     "Response cache lookups by cache name and outcome.",
@@ -94,6 +105,7 @@ class ResponseCache:
         self._generations: dict[str, tuple[int, float]] = {}
         self._inflight: dict[str, asyncio.Future[CachedResponse]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._synced_at = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -115,12 +127,20 @@ class ResponseCache:
         if not self._enabled:
             return None
         held = self._l1.get(key)
-        if held is None or held[1] < time.monotonic():
+        if held is None:
+            return None
+        now = time.monotonic()
+        if held[1] < now and not self._in_sync(now):
             return None
         entry = held[0]
         if not self._locally_current(entry):
             return None
         return entry
+
+    def _in_sync(self, now: float) -> bool:
+        """True while the invalidation channel has proven, within SYNC_WINDOW, that every
+        invalidation published up to then has been applied here (a PING answered in order)."""
+        return now - self._synced_at < SYNC_WINDOW
 
     async def get_or_build(
         self, key: str, *, tags: tuple[str, ...], build: Builder, cache_name: str
@@ -223,9 +243,10 @@ class ResponseCache:
 
     def _locally_current(self, entry: CachedResponse) -> bool:
         now = time.monotonic()
+        in_sync = self._in_sync(now)
         for tag, generation in entry.tags.items():
             known = self._generations.get(tag)
-            if known is None or known[1] < now or known[0] != generation:
+            if known is None or known[0] != generation or (known[1] < now and not in_sync):
                 return False
         return True
 
@@ -237,7 +258,12 @@ class ResponseCache:
 
     async def _generations_of(self, tags: tuple[str, ...]) -> dict[str, int]:
         now = time.monotonic()
-        missing = [t for t in tags if (g := self._generations.get(t)) is None or g[1] < now]
+        in_sync = self._in_sync(now)
+        missing = [
+            t
+            for t in tags
+            if (g := self._generations.get(t)) is None or (g[1] < now and not in_sync)
+        ]
         if missing and self._redis is not None:
             try:
                 values = await self._redis.mget([self._tag_key(tag) for tag in missing])
@@ -246,7 +272,9 @@ class ResponseCache:
                 self._l1.clear()
             expiry = now + self._generation_ttl
             for tag, value in zip(missing, values, strict=True):
-                self._generations[tag] = (int(value or 0), expiry)
+                # max: a newer generation may have arrived by pub/sub while MGET was in flight.
+                known = self._generations.get(tag, (0, 0.0))[0]
+                self._generations[tag] = (max(known, int(value or 0)), expiry)
         elif missing:
             for tag in missing:
                 self._generations[tag] = (self._generations.get(tag, (0, 0.0))[0], float("inf"))
@@ -311,15 +339,34 @@ class ResponseCache:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._apply(orjson.loads(message["data"]))
+                    await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError):
                 _log.warning("cache_listener_reconnecting")
+                self._synced_at = float("-inf")
                 self._generations.clear()
                 await asyncio.sleep(0.5)
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        """Apply invalidations; PING every PING_INTERVAL. Redis answers a PING after every
+        message published before it, so each PONG proves we are in sync as of its PING."""
+        ping_sent_at: float | None = None
+        next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            if ping_sent_at is None and now >= next_ping:
+                ping_sent_at, next_ping = now, now + PING_INTERVAL
+                await pubsub.ping()
+            elif ping_sent_at is not None and now - ping_sent_at > PONG_TIMEOUT:
+                raise RedisConnectionError("no PONG on the invalidation channel")
+            message = await pubsub.get_message(timeout=PING_INTERVAL / 2)
+            if message is None:
+                continue
+            if message.get("type") == "message":
+                self._apply(orjson.loads(message["data"]))
+            elif message.get("type") == "pong" and ping_sent_at is not None:
+                self._synced_at, ping_sent_at = ping_sent_at, None
 
     def _apply(self, generations: dict[str, int]) -> None:
         expiry = time.monotonic() + self._generation_ttl
