@@ -199,9 +199,13 @@ async def test_database_routes_answer_503_while_postgresql_is_away(postgres_url:
         TcpProxy(*_target(postgres_url)) as proxy,
         running_app(settings_for(_through(proxy, postgres_url))) as (_app, client),
     ):
-        assert (await client.get("/.well-known/jwks.json")).status_code == 200
+        # A route that reads the database on every call (the JWKS is kept for a few seconds).
+        body = {"email": "away@example.com", "password": "a-long-enough-passphrase", "name": "A"}
+        assert (await client.post("/api/v1/auth/register", json=body)).status_code == 201
         await proxy.cut()
-        response = await client.get("/.well-known/jwks.json")
+        response = await client.post(
+            "/api/v1/auth/register", json={**body, "email": "away2@example.com"}
+        )
         await proxy.restore()
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == PROBLEM

@@ -352,7 +352,8 @@ class IdentityService:
         async with self._uow() as uow:
             rows = await uow.signing_keys.published(retired_after=self._clock() - ttl - CLOCK_SKEW)
         keys = [json.loads(row) for row in rows]
-        self._published = (keys, time.monotonic())
+        if keys:  # an empty set (no key made yet) is not worth keeping
+            self._published = (keys, time.monotonic())
         return keys
 
     async def _current_signing_key(self) -> SigningKey:
