@@ -252,7 +252,9 @@ class CartService:
                 raise CartNotFound
             source = await uow.carts.get_by_token_digest(token_digest(token))
             if source is not None and source.merged_into == target.id:
-                return target  # merged by an earlier request: answer as it did
+                # Merged by a concurrent or earlier request: answer with the cart as it is now
+                # (under READ COMMITTED `target` may have been read before that merge committed).
+                return await uow.carts.get(cart_id) or target
             if source is None or not source.reachable_by(Access(token=token)):
                 raise CartNotFound("No open cart has this cart token.")
             if expected_version is not None and target.version != expected_version:
