@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
@@ -71,23 +71,11 @@ lines = Table(
 
 # PostgreSQL deadlock / serialization failure; MySQL deadlock, lock wait timeout, and
 # "record has changed since last read" (MariaDB with innodb_snapshot_isolation).
-_TRANSIENT_SQLSTATES = {"40P01", "40001"}
-_TRANSIENT_MYSQL_ERRORS = {1213, 1205, 1020}
 
 
 def utc(value: datetime) -> datetime:
     """SQLite and MariaDB hand back naive datetimes; everything we store is UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def is_transient(error: DBAPIError) -> bool:
-    """A deadlock or serialization failure: the transaction may simply be run again."""
-    original = error.orig
-    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if sqlstate in _TRANSIENT_SQLSTATES:
-        return True
-    args: tuple[object, ...] = getattr(original, "args", ())
-    return bool(args) and args[0] in _TRANSIENT_MYSQL_ERRORS
 
 
 def _rowcount(result: object) -> int:

@@ -36,11 +36,12 @@ from ironcart.cart.domain import (
     set_quantity,
     token_digest,
 )
-from ironcart.cart.repository import CartUnitOfWork, is_transient
+from ironcart.cart.repository import CartUnitOfWork
 from ironcart.catalog.client import CatalogClient
 from ironcart.contracts.cart import CartLineSnapshot, CartSnapshot
 from ironcart.contracts.catalog import VariantSnapshot
 from ironcart.inventory.client import InventoryClient
+from ironcart.platform.database import is_transient
 from ironcart.platform.money import Money
 
 _log = structlog.get_logger("ironcart.cart")

@@ -46,7 +46,8 @@ from ironcart.inventory.events import (
     StockAnnouncer,
     low_stock_gauge,
 )
-from ironcart.inventory.repository import InventoryUnitOfWork, is_transient
+from ironcart.inventory.repository import InventoryUnitOfWork
+from ironcart.platform.database import is_transient
 from ironcart.platform.errors import InvalidRequest
 from ironcart.platform.events import EventBus
 

@@ -13,6 +13,7 @@ from typing import Any, Self
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,6 +71,24 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+# Deadlock and serialization failure (PostgreSQL); deadlock, lock wait timeout and
+# "record has changed since last read" (MariaDB).
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}
+_TRANSIENT_MYSQL_ERRORS = {1213, 1205, 1020}
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """A deadlock, serialization failure or busy timeout: the transaction may be run again."""
+    original = error.orig
+    if isinstance(error, OperationalError) and "database is locked" in str(original):
+        return True  # SQLite: the busy timeout ran out while other writers held the lock
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(original, "args", ())
+    return bool(args) and args[0] in _TRANSIENT_MYSQL_ERRORS
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -134,6 +153,7 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkFactory",
     "create_engine",
+    "is_transient",
     "metadata",
     "ping",
     "session_factory",

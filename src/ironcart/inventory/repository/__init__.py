@@ -8,7 +8,6 @@ warehouses.py    warehouses, and the append-only movement ledger with reconcilia
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ironcart.inventory.repository.reservations import SqlReservationRepository
@@ -25,20 +24,6 @@ from ironcart.inventory.repository.warehouses import SqlMovementRepository, SqlW
 from ironcart.platform.database import UnitOfWork
 
 # PostgreSQL deadlock / serialization failure, MySQL deadlock / lock wait timeout.
-_TRANSIENT_SQLSTATES = {"40P01", "40001"}
-_TRANSIENT_MYSQL_ERRORS = {1213, 1205}
-
-
-def is_transient(error: DBAPIError) -> bool:
-    """A deadlock, serialization failure or busy timeout: the transaction may be run again."""
-    original = error.orig
-    if isinstance(error, OperationalError) and "database is locked" in str(original):
-        return True  # SQLite: the busy timeout ran out while other writers held the lock
-    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if sqlstate in _TRANSIENT_SQLSTATES:
-        return True
-    args: tuple[object, ...] = getattr(original, "args", ())
-    return bool(args) and args[0] in _TRANSIENT_MYSQL_ERRORS
 
 
 class InventoryUnitOfWork(UnitOfWork):
@@ -56,7 +41,6 @@ class InventoryUnitOfWork(UnitOfWork):
 
 __all__ = [
     "InventoryUnitOfWork",
-    "is_transient",
     "movements",
     "reservation_lines",
     "reservations",
