@@ -10,7 +10,8 @@ from sqlalchemy.engine import Connection
 import ironcart.cart.repository
 import ironcart.catalog.repository
 import ironcart.identity.repository
-import ironcart.inventory.repository  # noqa: F401 - each import registers its tables
+import ironcart.inventory.repository
+import ironcart.platform.txn.tables  # noqa: F401 - each import registers its tables
 from ironcart.platform.database import create_engine, metadata
 
 config = context.config

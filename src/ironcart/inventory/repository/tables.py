@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 
 from ironcart.platform.database import Timestamp, metadata
+from ironcart.platform.txn.fence import fence_table
 
 warehouses = Table(
     "inventory_warehouses",
@@ -119,3 +120,6 @@ def utc(value: datetime) -> datetime:
 def rowcount(result: object) -> int:
     """Rows an UPDATE matched (MySQL drivers are set to report matched, not changed, rows)."""
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+# TCC participant fences (platform.txn.fence): one row per (global transaction, branch).
+tcc_fences = fence_table(metadata, "inventory")

@@ -1,0 +1,1 @@
+"""Distributed transactions: TCC (coordinator, participant fences, recovery)."""
