@@ -16,6 +16,7 @@ import pytest
 from ironcart.platform.migrations import upgrade_async
 from tests.support.databases import (
     ServerUnavailable,
+    check_nats,
     check_redis,
     fresh_mysql,
     fresh_postgres,
@@ -73,6 +74,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
+@pytest.fixture(params=["postgresql", "mysql"])
+async def server_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A migrated, empty database on each database server (no SQLite): concurrency tests."""
+    async for url in _fresh_database(request.param, tmp_path):
+        yield url
+
+
 @pytest.fixture
 async def sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
     async for url in _fresh_database("sqlite", tmp_path):
@@ -94,3 +104,15 @@ async def redis_url() -> str:
     except ServerUnavailable as error:
         unavailable(error)
     return REDIS_URL
+
+
+@pytest.fixture
+async def nats_url() -> str:
+    """A NATS server with JetStream (IRONCART_TEST_NATS_URL)."""
+    from tests.support.databases import NATS_URL
+
+    try:
+        await check_nats()
+    except ServerUnavailable as error:
+        unavailable(error)
+    return NATS_URL

@@ -22,12 +22,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, MetaData, String, Table, and_, insert, select, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import Column, MetaData, String, Table, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import Insert
 
 from ironcart.platform.database import Timestamp
+
+# Moved to platform.database (the inbox uses it too); re-exported for existing importers.
+from ironcart.platform.database import insert_if_absent as insert_if_absent
 
 
 class FenceState(StrEnum):
@@ -63,18 +64,6 @@ def fence_table(metadata: MetaData, prefix: str) -> Table:
         Column("created_at", Timestamp, nullable=False),
         Column("updated_at", Timestamp, nullable=False),
     )
-
-
-def insert_if_absent(session: AsyncSession, table: Table) -> Insert:
-    """`INSERT` that does nothing when the primary key exists (row count tells which)."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect in {"mysql", "mariadb"}:
-        return mysql.insert(table).prefix_with("IGNORE")
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return insert(table)
 
 
 async def _state(session: AsyncSession, table: Table, xid: str, branch: str) -> FenceState | None:

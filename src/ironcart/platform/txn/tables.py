@@ -29,7 +29,7 @@ branches = Table(
     Column("branch", String(32), primary_key=True),
     Column("position", Integer, nullable=False),
     Column("participant", String(32), nullable=False),
-    # pending -> tried -> confirmed | cancelled
+    # pending until the transaction ends, then confirmed | cancelled with it
     Column("state", String(16), nullable=False),
     Column("payload", Text, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
