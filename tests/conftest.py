@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ironcart.platform.migrations import upgrade_async
+from ironcart.platform.observability import configure_logging
 from tests.support.databases import (
     ServerUnavailable,
     check_nats,
@@ -33,6 +34,13 @@ def unavailable(error: ServerUnavailable) -> None:
         pytest.fail(f"required server unreachable in CI: {error}", pytrace=False)
     _missing_servers.add(str(error).split(":")[0])
     pytest.skip(f"server unreachable: {error}")
+
+
+def pytest_configure(config: Any) -> None:
+    # As the CLI does: plain tracebacks. structlog's default console renderer draws rich
+    # tracebacks with every local variable, which takes seconds on the event loop when a
+    # background job logs a database error, and stalls everything else in the process.
+    configure_logging(level="info", json=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -75,9 +83,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
-async def server_database_url(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[str]:
+async def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A migrated, empty database on each database server (no SQLite): concurrency tests."""
     async for url in _fresh_database(request.param, tmp_path):
         yield url

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,16 +15,21 @@ from ironcart.catalog.api import ProductPageFastPath
 from ironcart.catalog.api import router as catalog_router
 from ironcart.identity.api import router as identity_router
 from ironcart.inventory.api import router as inventory_router
+from ironcart.ordering.api import router as ordering_router
+from ironcart.payments.api import router as payments_router
 from ironcart.platform.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ironcart.platform.http.ops import router as ops_router
 from ironcart.platform.http.problems import install_problem_handlers
 from ironcart.platform.settings import Settings
+from ironcart.worker import run_background_jobs
 
 SERVICES: dict[str, list[APIRouter]] = {
     "identity": [identity_router],
     "catalog": [catalog_router],
     "inventory": [inventory_router],
     "cart": [cart_router],
+    "ordering": [ordering_router],
+    "payments": [payments_router],
 }
 
 
@@ -39,9 +46,18 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
         app.state.readiness_checks = container.readiness_checks
         app.state.readiness_timeout = settings.server.readiness_timeout_seconds
         await container.start()
+        stop = asyncio.Event()
+        jobs = (
+            asyncio.create_task(run_background_jobs(container, stop))
+            if settings.server.background_jobs
+            else None
+        )
         try:
             yield
         finally:
+            stop.set()
+            if jobs is not None:
+                await _finish(jobs, settings.server.graceful_shutdown_seconds)
             await container.aclose()
 
     app = FastAPI(
@@ -63,3 +79,13 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
         app.add_middleware(ProductPageFastPath)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+async def _finish(jobs: asyncio.Task[None], grace_seconds: float) -> None:
+    """Let the background jobs finish their round (the relay its batch), then cancel them."""
+    try:
+        await asyncio.wait_for(asyncio.shield(jobs), grace_seconds)
+    except TimeoutError:
+        jobs.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await jobs

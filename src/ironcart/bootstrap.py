@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ironcart.cart.client import InProcessCartClient
 from ironcart.cart.repository import CartUnitOfWork
 from ironcart.cart.service import CartService
 from ironcart.catalog.client import InProcessCatalogClient
@@ -22,15 +24,26 @@ from ironcart.identity.service import IdentityService
 from ironcart.inventory.client import InProcessInventoryClient
 from ironcart.inventory.repository import InventoryUnitOfWork
 from ironcart.inventory.service import InventoryService
+from ironcart.ordering.checkout import Checkout
+from ironcart.ordering.participants import InventoryBranch, OrderBranch, PaymentBranch
+from ironcart.ordering.repository import OrderingUnitOfWork
+from ironcart.ordering.repository import outbox as ordering_outbox
+from ironcart.ordering.service import OrderingService
+from ironcart.payments.client import InProcessPaymentsClient
+from ironcart.payments.repository import PaymentsUnitOfWork, payments_outbox
+from ironcart.payments.sandbox_gateway import HttpSandboxGateway, SandboxWebhookVerifier
+from ironcart.payments.service import PaymentService
 from ironcart.platform.cache import ResponseCache
 from ironcart.platform.database import create_engine, ping, session_factory
 from ironcart.platform.events import EventBus
 from ironcart.platform.http.ops import ReadinessCheck
 from ironcart.platform.ratelimit import RateLimiter
+from ironcart.platform.relay import OutboxSource
 from ironcart.platform.security.crypto import SecretBox
 from ironcart.platform.security.passwords import PasswordHasher
 from ironcart.platform.security.tokens import AccessTokenVerifier
 from ironcart.platform.settings import Settings
+from ironcart.platform.txn.tcc import TccCoordinator, TccParticipant
 
 
 @dataclass
@@ -46,6 +59,14 @@ class Container:
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     inventory: InventoryService = field(kw_only=True)
     cart: CartService = field(kw_only=True)
+    payments: PaymentService = field(kw_only=True)
+    ordering: OrderingService = field(kw_only=True)
+    coordinator: TccCoordinator = field(kw_only=True)
+    # The relay that runs in this process (if any) subscribes here to be woken after a
+    # commit that recorded events, so in-process delivery takes milliseconds, not a poll.
+    outbox_wakeups: list[Callable[[], None]] = field(default_factory=list, kw_only=True)
+    # Every context that records events appends its outbox here; the relay publishes them.
+    outbox_sources: list[OutboxSource] = field(default_factory=list, kw_only=True)
 
     async def start(self) -> None:
         await self.cache.start()
@@ -54,6 +75,7 @@ class Container:
         await self.cache.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        await self.payments.aclose()
         await self.engine.dispose()
 
 
@@ -107,6 +129,11 @@ def bootstrap(settings: Settings) -> Container:
         StockChanged,
         lambda event: catalog.record_availability(sku=event.sku, available=event.available),
     )
+    payments = _payments(settings, sessions)
+    wakeups: list[Callable[[], None]] = []
+    ordering, coordinator = _ordering(
+        settings, sessions, catalog, cart, inventory, payments, lambda: _wake(wakeups)
+    )
     checks: dict[str, ReadinessCheck] = {"database": lambda: ping(engine)}
     if redis is not None:
         checks["redis"] = lambda: _ping_redis(redis)
@@ -122,6 +149,14 @@ def bootstrap(settings: Settings) -> Container:
         checks,
         inventory=inventory,
         cart=cart,
+        payments=payments,
+        ordering=ordering,
+        coordinator=coordinator,
+        outbox_sources=[
+            OutboxSource(engine, ordering_outbox),
+            OutboxSource(engine, payments_outbox),
+        ],
+        outbox_wakeups=wakeups,
     )
 
 
@@ -137,3 +172,73 @@ def _tags_of(event: ProductChanged) -> list[str]:
 
 async def _ping_redis(redis: Redis) -> None:
     await redis.ping()
+
+
+def _payments(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> PaymentService:
+    """Payments over the configured provider (the sandbox PSP): one HTTP client per process."""
+    config = settings.payments
+    gateway = HttpSandboxGateway(
+        base_url=config.psp_url,
+        api_key=config.psp_api_key,
+        read_timeout_seconds=config.request_timeout_seconds,
+        connect_timeout_seconds=config.connect_timeout_seconds,
+        max_attempts=config.max_attempts,
+        deadline_seconds=config.call_deadline_seconds,
+    )
+    verifier = SandboxWebhookVerifier(
+        secret=config.webhook_secret, tolerance_seconds=config.webhook_tolerance_seconds
+    )
+    return PaymentService(
+        uow_factory=lambda: PaymentsUnitOfWork(sessions),
+        gateway=gateway,
+        verifier=verifier,
+        provider=config.provider,
+    )
+
+
+def _wake(wakeups: list[Callable[[], None]]) -> None:
+    for wake in wakeups:
+        wake()
+
+
+def _ordering(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: CatalogService,
+    cart: CartService,
+    inventory: InventoryService,
+    payments: PaymentService,
+    outbox_written: Callable[[], None],
+) -> tuple[OrderingService, TccCoordinator]:
+    """Checkout's coordinator over its three branches: stock, money and the order itself."""
+    config = settings.ordering
+    participants: dict[str, TccParticipant] = {
+        "inventory": InventoryBranch(InProcessInventoryClient(inventory)),
+        "payments": PaymentBranch(InProcessPaymentsClient(payments)),
+    }
+    coordinator = TccCoordinator(
+        sessions,
+        participants,
+        in_doubt_after_seconds=config.txn_in_doubt_seconds,
+        crash_points=config.crash_points,
+    )
+    box = SecretBox(settings.secret_key, purpose="ordering-addresses")
+    checkout = Checkout(
+        uow_factory=lambda: OrderingUnitOfWork(sessions),
+        coordinator=coordinator,
+        catalog=InProcessCatalogClient(catalog),
+        cart=InProcessCartClient(cart),
+        address_box=box,
+        settings=config,
+        outbox_written=outbox_written,
+    )
+    ordering = OrderingService(
+        uow_factory=lambda: OrderingUnitOfWork(sessions),
+        checkout=checkout,
+        payments=InProcessPaymentsClient(payments),
+        inventory=InProcessInventoryClient(inventory),
+        address_box=box,
+        outbox_written=outbox_written,
+    )
+    participants["ordering"] = OrderBranch(ordering)
+    return ordering, coordinator

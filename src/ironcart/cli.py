@@ -267,5 +267,78 @@ def worker() -> None:
     _run(run_worker, settings)
 
 
+@main.command("sandbox-psp")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", type=int, default=8790, show_default=True, help="Port.")
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False),
+    default="var/sandbox-psp.db",
+    show_default=True,
+    help="The sandbox's own SQLite file (kept across restarts).",
+)
+@click.option("--webhook-url", default=None, help="Where to POST events [default: no webhooks].")
+@click.option(
+    "--webhook-secret",
+    envvar="IRONCART_PAYMENTS__WEBHOOK_SECRET",
+    default="sandbox-webhook-secret",
+    help="HMAC key of the Sandbox-Signature header [env IRONCART_PAYMENTS__WEBHOOK_SECRET].",
+)
+@click.option(
+    "--api-key",
+    envvar="IRONCART_PAYMENTS__PSP_API_KEY",
+    default="sk_test_ironcart",
+    help="The accepted Bearer key [env IRONCART_PAYMENTS__PSP_API_KEY].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="warning",
+    show_default=True,
+)
+def sandbox_psp(
+    host: str,
+    port: int,
+    store: str,
+    webhook_url: str | None,
+    webhook_secret: str,
+    api_key: str,
+    log_level: str,
+) -> None:
+    """Run the sandbox payment provider (docs/sandbox-psp.md) as its own process."""
+    from pathlib import Path
+
+    from ironcart.sandbox.psp import PspConfig, serve
+
+    config = PspConfig(
+        store_path=Path(store),
+        api_key=api_key,
+        webhook_secret=webhook_secret,
+        webhook_url=webhook_url,
+    )
+    # As for `serve`: uvicorn re-raises SIGTERM after draining; that is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
+    serve(config, host=host, port=port, log_level=log_level)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Publish what is pending now, then exit.")
+def relay(once: bool) -> None:
+    """Run only the outbox relay (to NATS JetStream when IRONCART_BUS_URL is set)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ironcart.platform.relay import PublishFailed
+    from ironcart.worker import run_relay
+
+    settings = _settings()
+    try:
+        published = _run(lambda s: run_relay(s, once=once), settings)
+    except (PublishFailed, SQLAlchemyError) as error:
+        reason = str(error).splitlines()[0]
+        raise click.ClickException(f"{reason} (pending rows stay pending; see the log)") from None
+    if once:
+        click.echo(f"published {published} event(s)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

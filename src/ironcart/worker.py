@@ -1,22 +1,45 @@
-"""The background worker: runs each context's periodic jobs until SIGTERM/SIGINT."""
+"""The background worker: each context's periodic jobs and the outbox relay, until SIGTERM/SIGINT.
+
+The relay publishes every registered outbox (`Container.outbox_sources`, plus
+`IRONCART_RELAY__EXTRA_OUTBOX_PREFIXES`) to NATS JetStream when `IRONCART_BUS_URL` is set,
+else to the in-process event bus. `ironcart relay` runs the relay alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import structlog
+from sqlalchemy import MetaData
 
 from ironcart.bootstrap import Container, bootstrap
 from ironcart.cart.domain import ABANDONED_AFTER
+from ironcart.platform.nats import JetStreamPublisher
+from ironcart.platform.outbox import outbox_table
+from ironcart.platform.relay import (
+    InProcessPublisher,
+    OutboxRelay,
+    OutboxSource,
+    Publisher,
+    purge_published,
+)
 from ironcart.platform.settings import Settings
 
 _log = structlog.get_logger("ironcart.worker")
 HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 # Expired reservations hold sellable stock: give it back within seconds, not minutes.
 RESERVATION_EXPIRY_INTERVAL_SECONDS = 5.0
+# Payments left authorizing/capturing (unknown outcome at the PSP) are settled this often.
+PAYMENT_RECONCILE_INTERVAL_SECONDS = 30.0
+# A full re-read of availability for the catalog's read model: a repair, not a feed.
+AVAILABILITY_SYNC_INTERVAL_SECONDS = 3600.0
+# Cancelled paid orders whose refund or restock did not finish are retried this often.
+CANCELLATION_INTERVAL_SECONDS = 30.0
 
 
 async def run_worker(
@@ -32,14 +55,85 @@ async def run_worker(
         loop.add_signal_handler(signum, stop.set)
     _log.info("worker_started", interval_seconds=interval)
     try:
-        await asyncio.gather(
-            _periodically(stop, interval, _identity_housekeeping, container),
-            _periodically(stop, expiry_interval, _release_expired_reservations, container),
-            _periodically(stop, interval, _purge_abandoned_carts, container),
+        await run_background_jobs(
+            container, stop, interval=interval, expiry_interval=expiry_interval
         )
     finally:
         await container.aclose()
         _log.info("worker_stopped")
+
+
+async def run_background_jobs(
+    container: Container,
+    stop: asyncio.Event,
+    *,
+    interval: float = HOUSEKEEPING_INTERVAL_SECONDS,
+    expiry_interval: float = RESERVATION_EXPIRY_INTERVAL_SECONDS,
+) -> None:
+    """Every periodic job and the relay, until `stop` is set (the worker, or `serve` in-process).
+
+    Safe to run in several processes at once: the jobs claim their rows (SKIP LOCKED where
+    the database has it) and every step they take is idempotent.
+    """
+    ordering = container.settings.ordering
+    async with open_relay(container) as relay:
+        container.outbox_wakeups.append(relay.notify)
+        try:
+            await asyncio.gather(
+                _periodically(stop, interval, _identity_housekeeping, container),
+                _periodically(stop, expiry_interval, _release_expired_reservations, container),
+                _periodically(stop, interval, _purge_abandoned_carts, container),
+                _periodically(
+                    stop, PAYMENT_RECONCILE_INTERVAL_SECONDS, _reconcile_payments, container
+                ),
+                _periodically(
+                    stop, ordering.recovery_interval_seconds, _recover_checkouts, container
+                ),
+                _periodically(
+                    stop, CANCELLATION_INTERVAL_SECONDS, _finish_cancellations, container
+                ),
+                _periodically(stop, interval, _purge_idempotency_keys, container),
+                _periodically(
+                    stop,
+                    AVAILABILITY_SYNC_INTERVAL_SECONDS,
+                    _sync_catalog_availability,
+                    container,
+                    first_after=AVAILABILITY_SYNC_INTERVAL_SECONDS,
+                ),
+                _periodically(stop, interval, _purge_published_outbox, container),
+                _relay_until(stop, relay),
+            )
+        finally:
+            container.outbox_wakeups.remove(relay.notify)
+
+
+async def _recover_checkouts(container: Container) -> None:
+    """Drive in-doubt and unfinished checkouts (TCC) to their end."""
+    while recovered := await container.coordinator.recover(limit=100):
+        _log.info("tcc_recovered", transactions=recovered)
+        if recovered < 100:
+            break
+
+
+async def _sync_catalog_availability(container: Container) -> None:
+    """Repair the catalog's availability read model from inventory (a missed StockChanged)."""
+    inventory = container.inventory
+    synced = await container.catalog.sync_availability(
+        availability=lambda skus: inventory.availability(skus=skus)
+    )
+    _log.info("catalog_availability_synced", skus=synced)
+
+
+async def _finish_cancellations(container: Container) -> None:
+    finished = await container.ordering.finish_cancellations()
+    if finished:
+        _log.info("ordering_cancellations_finished", orders=finished)
+
+
+async def _purge_idempotency_keys(container: Container) -> None:
+    purged = await container.ordering.purge_idempotency_keys()
+    if purged:
+        _log.info("ordering_idempotency_keys_purged", keys=purged)
 
 
 async def _periodically(
@@ -47,7 +141,12 @@ async def _periodically(
     interval: float,
     job: Callable[[Container], Awaitable[None]],
     container: Container,
+    *,
+    first_after: float = 0.0,
 ) -> None:
+    if first_after:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=first_after)
     while not stop.is_set():
         try:
             await job(container)
@@ -74,3 +173,80 @@ async def _purge_abandoned_carts(container: Container) -> None:
     purged = await container.cart.purge_abandoned(before=datetime.now(UTC) - ABANDONED_AFTER)
     if purged:
         _log.info("cart_abandoned_purged", carts=purged)
+
+
+def outbox_sources(container: Container) -> list[OutboxSource]:
+    """The contexts' outboxes, and the extra ones named in the settings (tests, operations)."""
+    extra = [
+        OutboxSource(container.engine, outbox_table(MetaData(), prefix))
+        for prefix in container.settings.relay.extra_outbox_prefixes
+    ]
+    return [*container.outbox_sources, *extra]
+
+
+@asynccontextmanager
+async def open_relay(container: Container) -> AsyncIterator[OutboxRelay]:
+    """The relay over every outbox: to JetStream when a bus URL is set, else in-process."""
+    settings = container.settings
+    jetstream = (
+        JetStreamPublisher(
+            settings.bus_url,
+            stream=settings.relay.stream,
+            subject_prefix=settings.relay.subject_prefix,
+        )
+        if settings.bus_url
+        else None
+    )
+    publisher: Publisher = jetstream or InProcessPublisher(container.bus)
+    relay = OutboxRelay(
+        outbox_sources(container),
+        publisher,
+        batch_size=settings.relay.batch_size,
+        poll_interval=settings.relay.poll_interval_seconds,
+    )
+    try:
+        yield relay
+    finally:
+        if jetstream is not None:
+            await jetstream.close()
+
+
+async def run_relay(settings: Settings, *, once: bool = False) -> int:
+    """Only the relay: until SIGTERM/SIGINT, or one drain with `once`; the number published."""
+    container = bootstrap(settings)
+    try:
+        async with open_relay(container) as relay:
+            if once:
+                return await relay.drain_once()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, relay.stop)
+            await relay.run_until_stopped()
+            return 0
+    finally:
+        await container.aclose()
+
+
+async def _relay_until(stop: asyncio.Event, relay: OutboxRelay) -> None:
+    """Relay until the worker stops (the batch in hand is finished first)."""
+    stopping = asyncio.create_task(stop.wait())
+    relaying = asyncio.create_task(relay.run_until_stopped())
+    await asyncio.wait({stopping, relaying}, return_when=asyncio.FIRST_COMPLETED)
+    relay.stop()
+    stopping.cancel()
+    await relaying
+
+
+async def _purge_published_outbox(container: Container) -> None:
+    before = datetime.now(UTC) - timedelta(days=container.settings.relay.retention_days)
+    for source in outbox_sources(container):
+        deleted = await purge_published(source, before=before)
+        if deleted:
+            _log.info("outbox_published_purged", outbox=source.name, rows=deleted)
+
+
+async def _reconcile_payments(container: Container) -> None:
+    after = container.settings.payments.reconcile_after_seconds
+    settled = await container.payments.reconcile_pending(older_than_seconds=after)
+    if settled:
+        _log.info("payments_reconciled", settled=settled)

@@ -1,7 +1,8 @@
 """Fresh, uniquely named databases on the real servers, dropped after each test.
 
 Server addresses default to this machine's services and can be overridden:
-IRONCART_TEST_POSTGRES_URL, IRONCART_TEST_MYSQL_URL, IRONCART_TEST_REDIS_URL.
+IRONCART_TEST_POSTGRES_URL, IRONCART_TEST_MYSQL_URL, IRONCART_TEST_REDIS_URL,
+IRONCART_TEST_NATS_URL.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ POSTGRES_URL = os.environ.get(
 )
 MYSQL_URL = os.environ.get("IRONCART_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("IRONCART_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("IRONCART_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
 class ServerUnavailable(Exception):
@@ -105,3 +107,27 @@ async def check_redis() -> None:
         raise ServerUnavailable(f"Redis at {REDIS_URL}: {error}") from error
     finally:
         await client.aclose()
+
+
+async def check_nats() -> None:
+    """NATS answers and has JetStream enabled."""
+    import nats
+
+    try:
+        # nats-py retries its server pool max_reconnect_attempts times even on the first
+        # connect: one quick retry, so an absent server is reported in a second or two.
+        client = await nats.connect(
+            NATS_URL,
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+        )
+    except Exception as error:
+        raise ServerUnavailable(f"NATS at {NATS_URL}: {error!r}") from error
+    try:
+        await client.jetstream(timeout=2).account_info()
+    except Exception as error:
+        raise ServerUnavailable(f"NATS JetStream at {NATS_URL}: {error!r}") from error
+    finally:
+        await client.close()

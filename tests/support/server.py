@@ -169,13 +169,17 @@ async def running_server(
     env: Mapping[str, str] | None = None,
     serve_args: Sequence[str] = (),
     startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
+    port: int | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """Migrate, start `ironcart serve --port <free>`, wait for /healthz; always stop at the end."""
+    """Migrate, start `ironcart serve --port <free>`, wait for /healthz; always stop at the end.
+
+    `port` reuses a known port (a restart in a crash test); by default a free one is chosen.
+    """
     environment = server_environment(database_url, env)
     migrated = await run_cli("migrate", env=environment)
     if migrated.returncode != 0:
         raise RuntimeError(f"ironcart migrate failed:\n{output_of(migrated)}")
-    port = free_port()
+    port = port or free_port()
     stderr_path = log_dir / f"ironcart-serve-{port}.stderr.log"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(

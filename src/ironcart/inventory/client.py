@@ -28,6 +28,24 @@ class InventoryClient(Protocol):
         """Give the held stock back; idempotent."""
         ...
 
+    async def try_reserve(
+        self, *, xid: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+    ) -> list[Reservation]:
+        """TCC try: hold every (sku, quantity) line for `xid`, all or nothing; idempotent."""
+        ...
+
+    async def confirm_reservations(self, *, xid: str) -> None:
+        """TCC confirm: sell what the try of `xid` holds; idempotent."""
+        ...
+
+    async def cancel_reservations(self, *, xid: str) -> None:
+        """TCC cancel: release what the try of `xid` holds (a try after it is refused)."""
+        ...
+
+    async def return_sale(self, *, xid: str) -> None:
+        """Put back on the shelf what checkout `xid` sold (a cancelled paid order); once."""
+        ...
+
 
 class InProcessInventoryClient:
     def __init__(self, service: InventoryService) -> None:
@@ -52,3 +70,21 @@ class InProcessInventoryClient:
     async def release(self, *, reservation_id: str) -> None:
         """Release through the inventory service in this process."""
         await self._service.release(reservation_id=reservation_id)
+
+    async def try_reserve(
+        self, *, xid: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+    ) -> list[Reservation]:
+        """Try through the inventory service in this process."""
+        return await self._service.try_reserve(xid=xid, lines=lines, ttl_seconds=ttl_seconds)
+
+    async def confirm_reservations(self, *, xid: str) -> None:
+        """Confirm through the inventory service in this process."""
+        await self._service.confirm_reservations(xid=xid)
+
+    async def cancel_reservations(self, *, xid: str) -> None:
+        """Cancel through the inventory service in this process."""
+        await self._service.cancel_reservations(xid=xid)
+
+    async def return_sale(self, *, xid: str) -> None:
+        """Return through the inventory service in this process."""
+        await self._service.return_sale(xid=xid)

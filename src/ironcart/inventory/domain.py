@@ -6,15 +6,17 @@ IronCartError
  │    ├── WarehouseNotFound           code inventory.warehouse_not_found
  │    └── ReservationNotFound         code inventory.reservation_not_found
  ├── Conflict
- │    ├── InsufficientStock           code inventory.insufficient_stock (sku, requested, available)
- │    ├── ReservationExpired          code inventory.reservation_expired (released or expired)
+ │    ├── InsufficientStock           code inventory.insufficient_stock (sku, requested, available;
+ │    │                               a multi-SKU request also lists `items`, every short SKU)
+ │    ├── ReservationExpired          code inventory.reservation_expired (released or expired;
+ │    │                               a TCC confirm that cannot take the stock back: `skus`)
  │    ├── ReservationAlreadyCommitted code inventory.reservation_committed (release after commit)
  │    ├── StockBelowReserved          code inventory.below_reserved (on_hand would be < reserved)
  │    └── WarehouseCodeTaken          code inventory.warehouse_code_taken
  ├── InvalidRequest
  │    ├── InvalidSku                  code inventory.invalid_sku
  │    ├── UnknownWarehouse            code inventory.unknown_warehouse (named in a request body)
- │    └── InvalidReservation          code inventory.invalid_reservation (quantity, ttl, owner)
+ │    └── InvalidReservation          code inventory.invalid_reservation (quantity, ttl, owner, xid)
  ├── PreconditionFailed
  │    └── StaleStock                  code inventory.stale_version (412: If-Match is not current)
  └── ServiceUnavailable
@@ -43,6 +45,8 @@ MAX_QUANTITY = 1_000_000
 MAX_STOCK = 1_000_000_000
 MAX_TTL_SECONDS = 7 * 24 * 3600
 OWNER_MAX_LENGTH = 200
+XID_MAX_LENGTH = 64  # the TCC fence table's key
+MAX_CHECKOUT_LINES = 1000
 REASON_MAX_LENGTH = 500
 DEFAULT_LOW_STOCK_THRESHOLD = 0
 
@@ -62,25 +66,59 @@ class ReservationNotFound(NotFound):
     title = "Reservation not found"
 
 
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    """A SKU a request could not have: how many units were asked for, how many were free."""
+
+    sku: str
+    requested: int
+    available: int
+
+
 class InsufficientStock(Conflict):
+    """`sku` / `requested` / `available` name the first short SKU; `items` lists all of them."""
+
     code = "inventory.insufficient_stock"
     title = "Not enough stock"
 
-    def __init__(self, *, sku: str, requested: int, available: int) -> None:
+    def __init__(
+        self, *, sku: str, requested: int, available: int, items: Sequence[Shortage] = ()
+    ) -> None:
         self.sku = sku
         self.requested = requested
         self.available = available
+        self.items = tuple(items) or (Shortage(sku, requested, available),)
         super().__init__(
-            f"{requested} of {sku} requested, {available} available.",
+            " ".join(
+                f"{item.requested} of {item.sku} requested, {item.available} available."
+                for item in self.items
+            ),
             sku=sku,
             requested=requested,
             available=available,
         )
+        if items:  # a multi-SKU request (a checkout): the client needs every short line
+            self.extra["items"] = [
+                {"sku": item.sku, "requested": item.requested, "available": item.available}
+                for item in self.items
+            ]
+
+    @classmethod
+    def of(cls, items: Sequence[Shortage]) -> InsufficientStock:
+        """The error of a multi-SKU request that found `items` (at least one) short."""
+        first = items[0]
+        return cls(sku=first.sku, requested=first.requested, available=first.available, items=items)
 
 
 class ReservationExpired(Conflict):
     code = "inventory.reservation_expired"
     title = "Reservation expired or released"
+
+    def __init__(self, detail: str, *, skus: Sequence[str] = ()) -> None:
+        self.skus = tuple(skus)
+        super().__init__(detail)
+        if skus:
+            self.extra["skus"] = list(skus)
 
 
 class ReservationAlreadyCommitted(Conflict):
@@ -163,6 +201,34 @@ def check_reservation_request(*, quantity: int, owner: str, ttl_seconds: int) ->
         raise InvalidReservation(f"The TTL must be between 1 and {MAX_TTL_SECONDS} seconds.")
     if not 1 <= len(owner) <= OWNER_MAX_LENGTH or not owner.strip():
         raise InvalidReservation(f"The owner must have 1 to {OWNER_MAX_LENGTH} characters.")
+
+
+def tcc_owner(xid: str) -> str:
+    """The owner of the reservations a TCC try holds for the global transaction `xid`."""
+    return f"tcc:{xid}"
+
+
+def check_xid(xid: str) -> str:
+    if not 1 <= len(xid) <= XID_MAX_LENGTH or not xid.strip():
+        raise InvalidReservation(f"A transaction id has 1 to {XID_MAX_LENGTH} characters.")
+    return xid
+
+
+def merge_lines(lines: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """One (sku, quantity) per SKU, in SKU order; a SKU named twice has its quantities added.
+
+    SKU order is the order a multi-SKU change locks stock rows in, so two checkouts that
+    name the same SKUs in different orders never wait for each other in a cycle.
+    """
+    if not 1 <= len(lines) <= MAX_CHECKOUT_LINES:
+        raise InvalidReservation(f"Reserve 1 to {MAX_CHECKOUT_LINES} lines at a time.")
+    merged: dict[str, int] = {}
+    for sku, quantity in lines:
+        check_sku(sku)
+        merged[sku] = merged.get(sku, 0) + quantity
+        if quantity < 1 or merged[sku] > MAX_QUANTITY:
+            raise InvalidReservation(f"The quantity must be between 1 and {MAX_QUANTITY}.")
+    return sorted(merged.items())
 
 
 def commit_outcome(status: ReservationStatus, *, expires_at: datetime, now: datetime) -> Outcome:
@@ -250,6 +316,54 @@ def plan_allocation(*, sku: str, quantity: int, levels: Sequence[StockLevel]) ->
         if remaining == 0:
             break
     return sorted(plan, key=lambda allocation: allocation.warehouse_id)
+
+
+def plan_lines(
+    lines: Sequence[tuple[str, int]], levels: Sequence[StockLevel]
+) -> dict[str, list[Allocation]]:
+    """`plan_allocation` of every (sku, quantity) line, all or nothing.
+
+    `InsufficientStock` lists every short SKU, not only the first, so a checkout can show
+    them all at once.
+    """
+    by_sku: dict[str, list[StockLevel]] = {}
+    for level in levels:
+        by_sku.setdefault(level.sku, []).append(level)
+    plans: dict[str, list[Allocation]] = {}
+    short: list[Shortage] = []
+    for sku, quantity in lines:
+        try:
+            plans[sku] = plan_allocation(sku=sku, quantity=quantity, levels=by_sku.get(sku, []))
+        except InsufficientStock as refused:
+            short.extend(refused.items)
+    if short:
+        raise InsufficientStock.of(short)
+    return plans
+
+
+class ConfirmStep(StrEnum):
+    SELL = "sell"
+    RETAKE = "retake"
+    NOTHING = "nothing"
+
+
+def confirm_step(status: ReservationStatus) -> ConfirmStep:
+    """What a TCC confirm does with one reservation of its try.
+
+    Active: sell it, even past its expiry: its units are still held, and the coordinator's
+    decision outranks the TTL, which is only a safety net for a coordinator that died.
+    Expired: the units went back to stock; take them again if they are still free, then
+    sell them (`RETAKE`), because a confirm is a decision already made, and failing it
+    would leave a paid order without goods. Committed: nothing to do. Released: someone
+    gave the units back explicitly, outside the transaction; refused.
+    """
+    if status is ReservationStatus.ACTIVE:
+        return ConfirmStep.SELL
+    if status is ReservationStatus.EXPIRED:
+        return ConfirmStep.RETAKE
+    if status is ReservationStatus.COMMITTED:
+        return ConfirmStep.NOTHING
+    raise ReservationExpired("A reservation of this transaction was released; reserve again.")
 
 
 def became_low(*, before: int, after: int, threshold: int, previous_threshold: int) -> bool:

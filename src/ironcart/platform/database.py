@@ -10,8 +10,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import DateTime, MetaData, event, text
-from sqlalchemy.dialects import mysql
+from sqlalchemy import DateTime, MetaData, Table, event, insert, text
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.dml import Insert
 
 from ironcart.platform.settings import DatabaseBackend, database_backend, normalise_database_url
 
@@ -141,6 +142,18 @@ class UnitOfWork:
         await self.session.rollback()
 
 
+def insert_if_absent(session: AsyncSession, table: Table) -> Insert:
+    """`INSERT` that does nothing when the primary key exists (row count tells which)."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect in {"mysql", "mariadb"}:
+        return mysql.insert(table).prefix_with("IGNORE")
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -153,6 +166,7 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkFactory",
     "create_engine",
+    "insert_if_absent",
     "is_transient",
     "metadata",
     "ping",

@@ -7,6 +7,7 @@
      ├── InvalidRequest           kind=invalid
      ├── Unauthenticated          kind=unauthenticated
      ├── Forbidden                kind=forbidden
+     ├── PaymentRequired          kind=payment_required (the payment method was declined)
      ├── PreconditionFailed       kind=precondition_failed (stale If-Match: optimistic lock lost)
  ├── PreconditionRequired     kind=precondition_required (a write without If-Match)
  ├── RateLimited              kind=rate_limited (carries retry_after_seconds)
@@ -29,6 +30,7 @@ class ErrorKind(StrEnum):
     INVALID = "invalid"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    PAYMENT_REQUIRED = "payment_required"
     RATE_LIMITED = "rate_limited"
     PRECONDITION_FAILED = "precondition_failed"
     PRECONDITION_REQUIRED = "precondition_required"
@@ -83,6 +85,12 @@ class Forbidden(IronCartError):
     code = "ironcart.forbidden"
     kind = ErrorKind.FORBIDDEN
     title = "Forbidden"
+
+
+class PaymentRequired(IronCartError):
+    code = "ironcart.payment_required"
+    kind = ErrorKind.PAYMENT_REQUIRED
+    title = "Payment required"
 
 
 class PreconditionFailed(IronCartError):

@@ -31,4 +31,4 @@ class EventBus:
                 try:
                     await handler(event)
                 except Exception:  # noqa: BLE001 - one failing subscriber must not fail the others
-                    _log.exception("event_handler_failed", event=type(event).__name__)
+                    _log.exception("event_handler_failed", event_type=type(event).__name__)

@@ -9,6 +9,7 @@ Nothing here is read at import time: `load_settings()` is called by the composit
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,91 @@ class CatalogSettings(_Section):
     cache_enabled: bool = True
 
 
+class OrderingSettings(_Section):
+    # Tax on subtotal + shipping, e.g. 0.2 for 20 %; rounded half-up to the minor unit.
+    tax_rate: Decimal = Field(default=Decimal("0"), ge=0, le=1)
+    # Flat-rate shipping methods (price in the order's currency; zones/weights: shipping).
+    shipping_methods: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "standard": Decimal("5.00"),
+            "express": Decimal("15.00"),
+            "pickup": Decimal("0.00"),
+        }
+    )
+    # Stock held by a checkout is a safety net only: the coordinator decides in seconds.
+    reservation_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+    idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30)
+    idempotency_wait_seconds: float = Field(default=10.0, ge=0, le=60)
+    # A claim this old without an answer belongs to a request that died.
+    idempotency_stale_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # A global transaction still `trying` after this long is in doubt and is cancelled.
+    txn_in_doubt_seconds: float = Field(default=60.0, ge=1, le=3600)
+    recovery_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    # Bulkhead: checkouts running at once in one process; the others wait (without holding
+    # a database connection) up to `checkout_queue_seconds`, then get a 503.
+    max_concurrent_checkouts: int = Field(default=8, ge=1, le=1000)
+    checkout_queue_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Chaos tests: the checkout process SIGKILLs itself at these steps, e.g.
+    # "after_try:inventory", "after_try:payment", "after_decision", "after_confirm:inventory".
+    # Refused in production.
+    crash_points: frozenset[str] = frozenset()
+
+
+class PaymentsSettings(_Section):
+    """The payment provider. The defaults point at the sandbox PSP (`ironcart sandbox-psp`);
+    its API key and webhook secret are test values: a real deployment sets
+    IRONCART_PAYMENTS__PSP_API_KEY and IRONCART_PAYMENTS__WEBHOOK_SECRET (not refused in
+    production, because production mode also runs against the sandbox for benchmarks)."""
+
+    provider: str = Field(default="sandbox", pattern="^[a-z0-9_-]{1,32}$")
+    psp_url: str = Field(default="http://127.0.0.1:8790", pattern="^https?://")
+    psp_api_key: str = Field(default="sk_test_ironcart", min_length=1)  # test value
+    webhook_secret: str = Field(default="sandbox-webhook-secret", min_length=8)  # test value
+    connect_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    request_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # One call, all its attempts and backoff included, never takes longer than this.
+    call_deadline_seconds: float = Field(default=15.0, gt=0, le=300)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    # Payments left authorizing/capturing (refunds pending) this long are reconciled.
+    reconcile_after_seconds: float = Field(default=60.0, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _reconcile_after_every_call_ended(self) -> PaymentsSettings:
+        # Reconciling a payment whose call may still be in flight could give it up too early.
+        if self.reconcile_after_seconds <= self.call_deadline_seconds:
+            raise ValueError("reconcile_after_seconds must exceed call_deadline_seconds")
+        return self
+
+
 class ServerSettings(_Section):
+    # Run the worker's jobs (outbox relay, checkout recovery, reservation expiry...) inside
+    # each server process: the embedded default. Production may run `ironcart worker` instead.
+    background_jobs: bool = True
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     graceful_shutdown_seconds: int = Field(default=30, ge=1, le=600)
     readiness_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+
+class RelaySettings(_Section):
+    """The outbox relay and the NATS JetStream stream it feeds (consumers use the same names)."""
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    retention_days: int = Field(default=7, ge=1, le=365)
+    stream: str = Field(default="IRONCART", pattern="^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="ironcart", pattern="^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")
+    # Outbox tables (`<prefix>_outbox`) relayed besides the contexts' own: for tests and
+    # operations (draining a table no context registers any more).
+    extra_outbox_prefixes: tuple[str, ...] = ()
+
+    @field_validator("extra_outbox_prefixes")
+    @classmethod
+    def _table_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not prefix.isidentifier() or not prefix.islower():
+                raise ValueError(f"not a table prefix: {prefix!r}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -115,12 +197,16 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/ironcart.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str | None = None
+    bus_url: str | None = None
     secret_key: str = Field(default=DEVELOPMENT_SECRET, min_length=16)
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     log_json: bool = True
     identity: IdentitySettings = IdentitySettings()
     catalog: CatalogSettings = CatalogSettings()
+    payments: PaymentsSettings = PaymentsSettings()
     server: ServerSettings = ServerSettings()
+    relay: RelaySettings = RelaySettings()
+    ordering: OrderingSettings = OrderingSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -137,10 +223,21 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith("nats://"):
+            raise ValueError("must start with nats://")
+        return value
+
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION and self.secret_key == DEVELOPMENT_SECRET:
             raise ValueError("IRONCART_SECRET_KEY must be set to a real secret in production")
+        if self.environment is Environment.PRODUCTION and self.ordering.crash_points:
+            raise ValueError("IRONCART_ORDERING__CRASH_POINTS is for chaos tests, never production")
         return self
 
     @property

@@ -4,12 +4,14 @@ tables.py        the tables (declared on the shared metadata) and row helpers
 stock.py         stock levels and per-SKU settings: conditional UPDATEs only
 reservations.py  reservations, their lines, status transitions, the expiry claim
 warehouses.py    warehouses, and the append-only movement ledger with reconciliation
+fences.py        the TCC participant fences of checkout's global transactions
 """
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ironcart.inventory.repository.fences import SqlFenceRepository
 from ironcart.inventory.repository.reservations import SqlReservationRepository
 from ironcart.inventory.repository.stock import SqlStockRepository
 from ironcart.inventory.repository.tables import (
@@ -18,6 +20,7 @@ from ironcart.inventory.repository.tables import (
     reservations,
     sku_settings,
     stock_levels,
+    tcc_fences,
     warehouses,
 )
 from ironcart.inventory.repository.warehouses import SqlMovementRepository, SqlWarehouseRepository
@@ -31,12 +34,26 @@ class InventoryUnitOfWork(UnitOfWork):
     stock: SqlStockRepository
     reservations: SqlReservationRepository
     movements: SqlMovementRepository
+    fences: SqlFenceRepository
 
     def _open_repositories(self, session: AsyncSession) -> None:
         self.warehouses = SqlWarehouseRepository(session)
         self.stock = SqlStockRepository(session)
         self.reservations = SqlReservationRepository(session)
         self.movements = SqlMovementRepository(session)
+        self.fences = SqlFenceRepository(session)
+
+    async def read_committed(self) -> None:
+        """Run this transaction at READ COMMITTED; call it before the first statement.
+
+        For the TCC steps on MariaDB, whose REPEATABLE READ gap-locks the missing fence key
+        of a cancel that comes before its try: concurrent empty rollbacks then deadlock on
+        their inserts (retried, but hundreds of times under load). PostgreSQL runs at READ
+        COMMITTED already; SQLite has a single writer.
+        """
+        bind = self.session.bind
+        if bind is not None and bind.dialect.name in {"mysql", "mariadb"}:
+            await self.session.connection(execution_options={"isolation_level": "READ COMMITTED"})
 
 
 __all__ = [
@@ -46,5 +63,6 @@ __all__ = [
     "reservations",
     "sku_settings",
     "stock_levels",
+    "tcc_fences",
     "warehouses",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 
 from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.domain import Allocation, ReservationRecord, ReservationStatus
@@ -45,21 +46,41 @@ class SqlReservationRepository:
             ],
         )
 
-    async def get(self, reservation_id: str) -> ReservationRecord | None:
-        query = select(reservations).where(reservations.c.id == reservation_id)
-        row = (await self._session.execute(query)).first()
-        if row is None:
-            return None
-        lines = await self.lines([reservation_id])
-        return ReservationRecord(
-            id=row.id,
-            sku=row.sku,
-            quantity=row.quantity,
-            owner=row.owner,
-            status=ReservationStatus(row.status),
-            expires_at=utc(row.expires_at),
-            lines=tuple(lines.get(reservation_id, ())),
+    async def replace_lines(self, reservation_id: str, lines: Sequence[Allocation]) -> None:
+        """Record where a reservation's units now come from (a TCC confirm took them again)."""
+        await self._session.execute(
+            delete(reservation_lines).where(reservation_lines.c.reservation_id == reservation_id)
         )
+        await self.add_lines(reservation_id, lines)
+
+    async def get(self, reservation_id: str) -> ReservationRecord | None:
+        found = await self._records(reservations.c.id == reservation_id)
+        return found[0] if found else None
+
+    async def by_owner(self, owner: str) -> list[ReservationRecord]:
+        """Every reservation of `owner`, whatever its status, in SKU order (not locked).
+
+        There is no index on `owner`: this scans the table. Acceptable for the TCC owners
+        (`tcc:<xid>`) while the table is small; an index is the remedy when it is not.
+        """
+        return await self._records(reservations.c.owner == owner)
+
+    async def _records(self, condition: ColumnElement[bool]) -> list[ReservationRecord]:
+        query = select(reservations).where(condition).order_by(reservations.c.sku)
+        rows = (await self._session.execute(query)).all()
+        lines = await self.lines([row.id for row in rows]) if rows else {}
+        return [
+            ReservationRecord(
+                id=row.id,
+                sku=row.sku,
+                quantity=row.quantity,
+                owner=row.owner,
+                status=ReservationStatus(row.status),
+                expires_at=utc(row.expires_at),
+                lines=tuple(lines.get(row.id, ())),
+            )
+            for row in rows
+        ]
 
     async def lines(self, reservation_ids: Sequence[str]) -> dict[str, list[Allocation]]:
         query = (
@@ -81,14 +102,16 @@ class SqlReservationRepository:
         *,
         now: datetime,
         unexpired_at: datetime | None = None,
+        source: ReservationStatus = ReservationStatus.ACTIVE,
     ) -> bool:
-        """Move an *active* reservation to `to`; False if it was not active (someone else won).
+        """Move a reservation still in `source` (active) to `to`; False if it was not (someone
+        else won).
 
         With `unexpired_at`, only a reservation that has not expired by then moves.
         """
         conditions = [
             reservations.c.id == reservation_id,
-            reservations.c.status == ReservationStatus.ACTIVE.value,
+            reservations.c.status == source.value,
         ]
         if unexpired_at is not None:
             conditions.append(reservations.c.expires_at > unexpired_at)

@@ -68,6 +68,35 @@ class SqlStockRepository:
             for row in await self._session.execute(query)
         ]
 
+    async def lock_levels(self, skus: Sequence[str], *, lock: bool = True) -> list[StockLevel]:
+        """The levels of several SKUs, locked (FOR UPDATE) in (sku, warehouse_id) order.
+
+        Every multi-SKU change takes its row locks in that one order, so two of them never
+        wait for each other in a cycle. Only level rows are locked: warehouses are read
+        without a lock. SQLite has no FOR UPDATE (it has a single writer). `lock=False`
+        reads the committed levels without waiting (a pre-check that may fail fast).
+        """
+        locked = (
+            select(stock_levels)
+            .where(stock_levels.c.sku.in_(list(skus)))
+            .order_by(stock_levels.c.sku, stock_levels.c.warehouse_id)
+        )
+        if lock:
+            locked = locked.with_for_update()
+        rows = (await self._session.execute(locked)).all()
+        if not rows:
+            return []
+        ids = sorted({row.warehouse_id for row in rows})
+        found = await self._session.execute(select(warehouses).where(warehouses.c.id.in_(ids)))
+        by_id = {
+            row.id: Warehouse(row.id, row.code, row.name, row.priority, bool(row.active))
+            for row in found
+        }
+        return [
+            StockLevel(row.sku, by_id[row.warehouse_id], row.on_hand, row.reserved, row.version)
+            for row in rows
+        ]
+
     async def available(self, skus: Sequence[str]) -> dict[str, int]:
         """Sum of on_hand - reserved over active warehouses, for each SKU that has stock rows."""
         return await self._available(stock_levels.c.sku.in_(list(skus)))

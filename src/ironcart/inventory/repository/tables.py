@@ -73,6 +73,8 @@ reservations = Table(
     Column("updated_at", Timestamp, nullable=False),
     # The expiry job's query: status = 'active' AND expires_at < now ORDER BY expires_at.
     Index("ix_inventory_reservations_status_expires_at", "status", "expires_at"),
+    # A checkout's reservations: owner = "tcc:<xid>" (confirm, cancel, a repeated try).
+    Index("ix_inventory_reservations_owner", "owner"),
 )
 
 reservation_lines = Table(
@@ -120,6 +122,7 @@ def utc(value: datetime) -> datetime:
 def rowcount(result: object) -> int:
     """Rows an UPDATE matched (MySQL drivers are set to report matched, not changed, rows)."""
     return int(result.rowcount)  # type: ignore[attr-defined]
+
 
 # TCC participant fences (platform.txn.fence): one row per (global transaction, branch).
 tcc_fences = fence_table(metadata, "inventory")

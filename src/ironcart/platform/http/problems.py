@@ -34,6 +34,7 @@ STATUS_BY_KIND: Mapping[ErrorKind, int] = {
     ErrorKind.INVALID: 422,
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.FORBIDDEN: 403,
+    ErrorKind.PAYMENT_REQUIRED: 402,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.PRECONDITION_FAILED: 412,
     ErrorKind.PRECONDITION_REQUIRED: 428,
@@ -43,6 +44,7 @@ STATUS_BY_KIND: Mapping[ErrorKind, int] = {
 _HTTP_CODES: Mapping[int, str] = {
     400: "bad_request",
     401: "unauthenticated",
+    402: "payment_required",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",

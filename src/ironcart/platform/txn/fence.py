@@ -124,6 +124,10 @@ async def begin_confirm(session: AsyncSession, table: Table, *, xid: str, branch
 async def begin_cancel(session: AsyncSession, table: Table, *, xid: str, branch: str) -> bool:
     """`True`: undo the try's work. `False`: nothing to undo (cancelled before, or empty)."""
     for _ in range(3):
+        # Insert first: most cancels follow a failed or missing try (an empty rollback), and
+        # an UPDATE that finds no row followed by an INSERT deadlocks on MariaDB's gap locks.
+        if await _insert(session, table, xid, branch, FenceState.CANCELLED):
+            return False  # empty rollback: recorded, so a late try is suspended
         if await _move(session, table, xid, branch, FenceState.TRIED, FenceState.CANCELLED):
             return True
         state = await _state(session, table, xid, branch)
@@ -131,6 +135,4 @@ async def begin_cancel(session: AsyncSession, table: Table, *, xid: str, branch:
             return False
         if state is FenceState.CONFIRMED:
             raise FenceConflict(f"Branch {branch} of {xid} is confirmed; it cannot be cancelled.")
-        if await _insert(session, table, xid, branch, FenceState.CANCELLED):
-            return False  # empty rollback: recorded, so a late try is suspended
     raise FenceConflict(f"Branch {branch} of {xid} kept changing while being cancelled.")

@@ -25,6 +25,8 @@ Life of a global transaction (`txn_transactions.state`):
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,7 +97,9 @@ class TccCoordinator:
         retry_backoff_seconds: float = 2.0,
         max_backoff_seconds: float = 300.0,
         clock: Callable[[], datetime] = _now,
+        crash_points: frozenset[str] = frozenset(),
     ) -> None:
+        self._crash_points = crash_points
         self._sessions = sessions
         self._participants = participants
         self._in_doubt_after = timedelta(seconds=in_doubt_after_seconds)
@@ -158,10 +162,12 @@ class TccCoordinator:
                 await self._drive_cancel(xid, branches)
                 TCC_OUTCOMES.labels(kind, "cancelled").inc()
                 raise
+            self._crash_point(f"after_try:{branch.name}")
         if not await self._move(xid, TxnState.TRYING, TxnState.CONFIRMING):
             await self._drive_cancel(xid, branches)
             TCC_OUTCOMES.labels(kind, "aborted").inc()
             raise TransactionAborted(f"Transaction {xid} was cancelled before its decision.")
+        self._crash_point("after_decision")
         state = await self._drive_confirm(xid, branches)
         TCC_OUTCOMES.labels(kind, state.value).inc()
         return state
@@ -225,6 +231,12 @@ class TccCoordinator:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _crash_point(self, point: str) -> None:
+        """Chaos tests only (refused in production by the settings): die here like `kill -9`."""
+        if point in self._crash_points:
+            _log.warning("tcc_crash_point", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def _participant(self, branch: Branch) -> TccParticipant:
         return self._participants[branch.participant]
 
@@ -278,6 +290,7 @@ class TccCoordinator:
             except Exception:  # noqa: BLE001 - decided: recovery retries the confirm later
                 _log.warning("tcc_confirm_deferred", xid=xid, branch=branch.name, exc_info=True)
                 return TxnState.CONFIRMING
+            self._crash_point(f"after_confirm:{branch.name}")
         await self._move(xid, TxnState.CONFIRMING, TxnState.CONFIRMED, branch_state="confirmed")
         return TxnState.CONFIRMED
 

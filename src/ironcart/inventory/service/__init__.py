@@ -1,15 +1,22 @@
-"""Inventory use cases: warehouses, stock, reservations, reconciliation. One unit of work each.
+"""Inventory use cases: warehouses, stock, reservations, checkout, reconciliation.
 
 Every change of a stock level is a conditional UPDATE checked by row count, and writes its
 ledger rows in the same transaction. `StockChanged` / `StockLow` are announced only after
-the commit returned (`inventory.events`).
+the commit returned (`inventory.events`). One unit of work each:
+
+__init__.py      InventoryService: the use cases, their retries and announcements
+reservations.py  one attempt of each reservation change (reserve, commit, release, expire)
+tcc.py           one attempt of each TCC step of checkout (try, confirm, cancel)
+
+Errors: `inventory.domain`'s hierarchy, plus `platform.txn.fence`'s `Suspended` (a try
+after its cancel) and `FenceConflict` (confirm after cancel, cancel after confirm).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -18,13 +25,9 @@ from sqlalchemy.exc import DBAPIError
 from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.domain import (
     DEFAULT_LOW_STOCK_THRESHOLD,
-    Allocation,
     Discrepancy,
     Movement,
     MovementKind,
-    Outcome,
-    ReservationNotFound,
-    ReservationStatus,
     SkuNotFound,
     SkuStock,
     StaleStock,
@@ -35,10 +38,9 @@ from ironcart.inventory.domain import (
     WarehouseNotFound,
     check_reservation_request,
     check_sku,
-    commit_outcome,
-    line_movements,
-    plan_allocation,
-    release_outcome,
+    check_xid,
+    merge_lines,
+    tcc_owner,
 )
 from ironcart.inventory.events import (
     AvailabilityMove,
@@ -47,6 +49,8 @@ from ironcart.inventory.events import (
     low_stock_gauge,
 )
 from ironcart.inventory.repository import InventoryUnitOfWork
+from ironcart.inventory.service.reservations import Lost, ReservationAttempts, threshold_of
+from ironcart.inventory.service.tcc import TccAttempts
 from ironcart.platform.database import is_transient
 from ironcart.platform.errors import InvalidRequest
 from ironcart.platform.events import EventBus
@@ -57,13 +61,6 @@ MAX_ATTEMPTS = 50
 EXPIRY_BATCH = 100
 MAX_SKUS_PER_QUERY = 1000
 STALE = "The stock changed since it was read; read it again."
-
-
-class _Lost:
-    """A conditional UPDATE found its row changed since it was read: run the use case again."""
-
-
-LOST = _Lost()
 
 
 def _now() -> datetime:
@@ -83,6 +80,8 @@ class InventoryService:
         self._uow = uow_factory
         self._clock = clock
         self._max_attempts = max_attempts
+        self._reservations = ReservationAttempts(uow_factory, clock)
+        self._tcc = TccAttempts(uow_factory, clock)
         self._announcer = StockAnnouncer(bus, self._available, gauge)
 
     # -- warehouses -------------------------------------------------------------------------
@@ -267,18 +266,18 @@ class InventoryService:
         check_sku(sku)
         check_reservation_request(quantity=quantity, owner=owner, ttl_seconds=ttl_seconds)
         reservation, move = await self._retrying(
-            lambda: self._try_reserve(sku, quantity, owner, ttl_seconds)
+            lambda: self._reservations.reserve(sku, quantity, owner, ttl_seconds)
         )
         await self._announcer.announce([move])
         return reservation
 
     async def commit(self, *, reservation_id: str) -> None:
         """Sell the held units (they leave on_hand). Twice is a no-op; after expiry, refused."""
-        await self._retrying(lambda: self._try_commit(reservation_id))
+        await self._retrying(lambda: self._reservations.commit(reservation_id))
 
     async def release(self, *, reservation_id: str) -> None:
         """Give the held units back. Releasing twice, or after expiry, is a no-op."""
-        move = await self._retrying(lambda: self._try_release(reservation_id))
+        move = await self._retrying(lambda: self._reservations.release(reservation_id))
         await self._announcer.announce([move] if move else [])
 
     async def release_expired(self, *, limit: int = 500) -> int:
@@ -291,7 +290,7 @@ class InventoryService:
         moves: list[AvailabilityMove] = []
         while released < limit:
             size = min(EXPIRY_BATCH, limit - released)
-            claimed, expired, batch_moves = await self._expire_batch(size)
+            claimed, expired, batch_moves = await self._reservations.expire_batch(size)
             released += expired
             moves.extend(batch_moves)
             if claimed < size or expired == 0:
@@ -299,9 +298,54 @@ class InventoryService:
         await self._announcer.announce(moves)
         return released
 
+    # -- checkout: inventory as a TCC participant -------------------------------------------
+
+    async def try_reserve(
+        self, *, xid: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+    ) -> list[Reservation]:
+        """TCC try: hold every (sku, quantity) line for owner `tcc:<xid>`, all or nothing.
+
+        A SKU named twice has its quantities added; one reservation per SKU, in SKU order,
+        each spread over warehouses as `reserve` does. `InsufficientStock` lists every short
+        SKU and holds nothing. Trying again returns the reservations of the first try and
+        holds nothing more; a try after its cancel raises `Suspended` and holds nothing. The
+        TTL is a safety net for a coordinator that died: confirm does not depend on it.
+        """
+        check_xid(xid)
+        wanted = merge_lines(lines)
+        for _, quantity in wanted:
+            check_reservation_request(
+                quantity=quantity, owner=tcc_owner(xid), ttl_seconds=ttl_seconds
+            )
+        held, moves = await self._retrying(lambda: self._tcc.try_reserve(xid, wanted, ttl_seconds))
+        await self._announcer.announce(moves)
+        return held
+
+    async def confirm_reservations(self, *, xid: str) -> None:
+        """TCC confirm: sell what the try holds; again is a no-op; after cancel `FenceConflict`.
+
+        Expired reservations are taken again if their units are still free, else
+        `ReservationExpired` (naming the SKUs) and nothing is sold.
+        """
+        check_xid(xid)
+        await self._announcer.announce(await self._retrying(lambda: self._tcc.confirm(xid)))
+
+    async def cancel_reservations(self, *, xid: str) -> None:
+        """TCC cancel: release what the try holds; idempotent; after confirm `FenceConflict`.
+
+        A cancel that finds no try records it, so that a late try is `Suspended`.
+        """
+        check_xid(xid)
+        await self._announcer.announce(await self._retrying(lambda: self._tcc.cancel(xid)))
+
+    async def return_sale(self, *, xid: str) -> None:
+        """Put back what checkout `xid` sold (its paid order was cancelled); once, idempotent."""
+        check_xid(xid)
+        await self._announcer.announce(await self._retrying(lambda: self._tcc.return_sale(xid)))
+
     # -- internals --------------------------------------------------------------------------
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T | _Lost]]) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T | Lost]]) -> T:
         for _ in range(self._max_attempts):
             try:
                 result = await attempt()
@@ -310,130 +354,9 @@ class InventoryService:
                     raise
                 _log.info("inventory_transaction_retried", error=type(error.orig).__name__)
                 continue
-            if not isinstance(result, _Lost):
+            if not isinstance(result, Lost):
                 return result
         raise StockContention("Too many concurrent changes of this stock; retry shortly.")
-
-    async def _try_reserve(
-        self, sku: str, quantity: int, owner: str, ttl_seconds: int
-    ) -> tuple[Reservation, AvailabilityMove] | _Lost:
-        async with self._uow() as uow:
-            levels = await uow.stock.levels(sku, active_only=True)
-            plan = plan_allocation(sku=sku, quantity=quantity, levels=levels)
-            threshold = await self._threshold(uow, sku)
-            now = self._clock()
-            expires_at = now + timedelta(seconds=ttl_seconds)
-            reservation = Reservation(str(uuid.uuid4()), sku, quantity, owner, expires_at)
-            # Stock rows first: a lost race costs one statement. (A deadlock with the expiry
-            # job's index locks on MariaDB is detected by the server and retried by `_retrying`.)
-            for line in plan:
-                if not await uow.stock.reserve(sku, line.warehouse_id, line.quantity, now=now):
-                    return LOST
-            await uow.reservations.add(reservation, now=now)
-            await uow.reservations.add_lines(reservation.id, plan)
-            entries = line_movements(
-                MovementKind.RESERVATION, sku=sku, lines=plan, reservation_id=reservation.id
-            )
-            await uow.movements.append(entries, now=now)
-            await uow.commit()
-        return reservation, AvailabilityMove(sku, -quantity, threshold, threshold)
-
-    async def _try_commit(self, reservation_id: str) -> _Lost | None:
-        async with self._uow() as uow:
-            record = await uow.reservations.get(reservation_id)
-            if record is None:
-                raise ReservationNotFound(f"No reservation {reservation_id!r}.")
-            now = self._clock()
-            if (
-                commit_outcome(record.status, expires_at=record.expires_at, now=now)
-                is Outcome.NOTHING
-            ):
-                return None
-            if not await uow.reservations.transition(
-                record.id, ReservationStatus.COMMITTED, now=now, unexpired_at=now
-            ):
-                return LOST
-            for line in record.lines:
-                if not await uow.stock.ship(record.sku, line.warehouse_id, line.quantity, now=now):
-                    raise RuntimeError(f"reservation {record.id} holds units its level lacks")
-            entries = line_movements(
-                MovementKind.SALE, sku=record.sku, lines=record.lines, reservation_id=record.id
-            )
-            await uow.movements.append(entries, now=now)
-            await uow.commit()
-        return None
-
-    async def _try_release(self, reservation_id: str) -> AvailabilityMove | _Lost | None:
-        async with self._uow() as uow:
-            record = await uow.reservations.get(reservation_id)
-            if record is None:
-                raise ReservationNotFound(f"No reservation {reservation_id!r}.")
-            if release_outcome(record.status) is Outcome.NOTHING:
-                return None
-            threshold = await self._threshold(uow, record.sku)
-            now = self._clock()
-            if not await uow.reservations.transition(
-                record.id, ReservationStatus.RELEASED, now=now
-            ):
-                return LOST
-            lines = {record.id: record.lines}
-            await self._unreserve(uow, {record.id: record.sku}, lines, MovementKind.RELEASE, now)
-            await uow.commit()
-        return AvailabilityMove(record.sku, record.quantity, threshold, threshold)
-
-    async def _expire_batch(self, size: int) -> tuple[int, int, list[AvailabilityMove]]:
-        """Claim up to `size` overdue reservations and expire them; (claimed, expired, moves)."""
-        async with self._uow() as uow:
-            now = self._clock()
-            claimed = await uow.reservations.claim_expired(now=now, limit=size)
-            skus: dict[str, str] = {}
-            for reservation_id, sku in claimed:
-                if await uow.reservations.transition(
-                    reservation_id, ReservationStatus.EXPIRED, now=now
-                ):
-                    skus[reservation_id] = sku
-            if not skus:
-                return len(claimed), 0, []
-            lines = await uow.reservations.lines(list(skus))
-            freed = await self._unreserve(uow, skus, lines, MovementKind.EXPIRY, now)
-            thresholds = await uow.stock.thresholds(list(freed))
-            await uow.commit()
-        _log.info("inventory_reservations_expired", count=len(skus))
-        moves = [
-            AvailabilityMove(sku, units, limit, limit)
-            for sku, units in sorted(freed.items())
-            for limit in [thresholds.get(sku, DEFAULT_LOW_STOCK_THRESHOLD)]
-        ]
-        return len(claimed), len(skus), moves
-
-    async def _unreserve(
-        self,
-        uow: InventoryUnitOfWork,
-        skus: Mapping[str, str],
-        lines: Mapping[str, Sequence[Allocation]],
-        kind: MovementKind,
-        now: datetime,
-    ) -> dict[str, int]:
-        """Give back the held units of reservations whose status just left `active`.
-
-        Level rows are updated once per (sku, warehouse), in that order, so that two
-        workers never lock the same rows in opposite orders. Returns units freed per SKU.
-        """
-        totals: dict[tuple[str, str], int] = {}
-        entries: list[Movement] = []
-        for reservation_id, sku in skus.items():
-            held = lines.get(reservation_id, ())
-            entries += line_movements(kind, sku=sku, lines=held, reservation_id=reservation_id)
-            for line in held:
-                key = (sku, line.warehouse_id)
-                totals[key] = totals.get(key, 0) + line.quantity
-        freed: dict[str, int] = {}
-        for (sku, warehouse_id), quantity in sorted(totals.items()):
-            if not await uow.stock.unreserve(sku, warehouse_id, quantity, now=now):
-                raise RuntimeError(f"level {sku}@{warehouse_id} holds fewer units than its lines")
-            freed[sku] = freed.get(sku, 0) + quantity
-        await uow.movements.append(entries, now=now)
-        return freed
 
     async def _add_on_hand(
         self,
@@ -452,7 +375,7 @@ class InventoryService:
         if delta > 0:
             await self._ensure_level(sku, warehouse.id)
         async with self._uow() as uow:
-            threshold = await self._threshold(uow, sku)
+            threshold = await threshold_of(uow, sku)
             now = self._clock()
             if not await uow.stock.add_on_hand(sku, warehouse.id, delta, now=now):
                 raise StockBelowReserved(
@@ -525,9 +448,6 @@ class InventoryService:
         version = None if stored is None else stored[1]
         if not await uow.stock.set_threshold(sku, threshold, version=version, now=self._clock()):
             raise StaleStock(STALE)
-
-    async def _threshold(self, uow: InventoryUnitOfWork, sku: str) -> int:
-        return (await uow.stock.thresholds([sku])).get(sku, DEFAULT_LOW_STOCK_THRESHOLD)
 
     async def _available(self, skus: Sequence[str]) -> dict[str, int]:
         async with self._uow() as uow:

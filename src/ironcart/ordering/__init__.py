@@ -1,0 +1,1 @@
+"""Ordering: checkout (a TCC transaction), orders and their state machine."""

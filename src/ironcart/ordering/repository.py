@@ -1,0 +1,434 @@
+"""Ordering's tables and queries. Only this context touches `ordering_*` tables.
+
+Status changes are conditional UPDATEs (`WHERE id = :id AND status = :from`) checked by
+row count, so two actors (a customer's cancel and the checkout's confirm, say) cannot both
+move the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import ironcart.ordering.events  # noqa: F401 - registers the events the outbox carries
+from ironcart.ordering.domain import Order, OrderLine, OrderStatus, Transition
+from ironcart.platform.database import Timestamp, UnitOfWork, metadata
+from ironcart.platform.money import Money
+from ironcart.platform.outbox import outbox_table
+from ironcart.platform.txn.fence import insert_if_absent
+
+orders = Table(
+    "ordering_orders",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("subtotal_minor", BigInteger, nullable=False),
+    Column("shipping_minor", BigInteger, nullable=False),
+    Column("tax_minor", BigInteger, nullable=False),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("refunded_minor", BigInteger, nullable=False),
+    Column("shipping_method", String(32), nullable=False),
+    # Personal data: the address JSON sealed with AES-GCM (platform.security.crypto).
+    Column("shipping_address", LargeBinary, nullable=False),
+    Column("xid", String(64), nullable=False, unique=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    # A customer's history, newest first, keyset-paginated.
+    Index("ix_ordering_orders_customer_id_created_at_id", "customer_id", "created_at", "id"),
+    # Staff filters by status and date.
+    Index("ix_ordering_orders_status_created_at", "status", "created_at"),
+    Index("ix_ordering_orders_created_at_id", "created_at", "id"),
+)
+
+order_lines = Table(
+    "ordering_order_lines",
+    metadata,
+    Column(
+        "order_id",
+        String(36),
+        ForeignKey("ordering_orders.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("product_name", String(200), nullable=False),
+    Column("variant_name", String(200), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price_minor", BigInteger, nullable=False),
+)
+
+status_history = Table(
+    "ordering_status_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("order_id", String(36), nullable=False, index=True),
+    Column("from_status", String(24), nullable=False),
+    Column("to_status", String(24), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("at", Timestamp, nullable=False),
+)
+
+idempotency_keys = Table(
+    "ordering_idempotency_keys",
+    metadata,
+    Column("customer_id", String(36), primary_key=True),
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # in_progress | completed
+    Column("order_id", String(36), nullable=True),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    # Purge: expires_at < now.
+    Column("expires_at", Timestamp, nullable=False, index=True),
+)
+
+outbox = outbox_table(metadata, "ordering")
+
+
+class OrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, order: Order, *, sealed_address: bytes) -> None:
+        await self._session.execute(
+            orders.insert().values(
+                id=order.id,
+                customer_id=order.customer_id,
+                status=order.status.value,
+                currency=order.currency,
+                subtotal_minor=order.subtotal.to_minor(),
+                shipping_minor=order.shipping.to_minor(),
+                tax_minor=order.tax.to_minor(),
+                total_minor=order.total.to_minor(),
+                refunded_minor=order.refunded.to_minor(),
+                shipping_method=order.shipping_method,
+                shipping_address=sealed_address,
+                xid=order.xid,
+                version=order.version,
+                created_at=order.created_at,
+                updated_at=order.updated_at,
+            )
+        )
+        await self._session.execute(
+            order_lines.insert(),
+            [
+                {
+                    "order_id": order.id,
+                    "position": position,
+                    "sku": line.sku,
+                    "product_name": line.product_name,
+                    "variant_name": line.variant_name,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price.to_minor(),
+                }
+                for position, line in enumerate(order.lines)
+            ],
+        )
+
+    async def get(self, order_id: str, *, with_history: bool = True) -> tuple[Order, bytes] | None:
+        row = (
+            await self._session.execute(select(orders).where(orders.c.id == order_id))
+        ).one_or_none()
+        if row is None:
+            return None
+        order = _order(row)
+        line_rows = await self._session.execute(
+            select(order_lines)
+            .where(order_lines.c.order_id == order_id)
+            .order_by(order_lines.c.position)
+        )
+        order.lines = [
+            OrderLine(
+                r.sku,
+                r.product_name,
+                r.variant_name,
+                r.quantity,
+                Money.from_minor(r.unit_price_minor, order.currency),
+            )
+            for r in line_rows
+        ]
+        if with_history:
+            history = await self._session.execute(
+                select(status_history)
+                .where(status_history.c.order_id == order_id)
+                .order_by(status_history.c.id)
+            )
+            order.history = [
+                Transition(h.from_status, h.to_status, h.actor, h.reason, _aware(h.at))
+                for h in history
+            ]
+        return order, row.shipping_address
+
+    async def page(
+        self,
+        *,
+        customer_id: str | None,
+        statuses: Sequence[str] = (),
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int,
+    ) -> list[Order]:
+        """Newest first; `after` is the keyset cursor (created_at, id) of the last row seen."""
+        query = select(orders)
+        if customer_id is not None:
+            query = query.where(orders.c.customer_id == customer_id)
+        if statuses:
+            query = query.where(orders.c.status.in_(list(statuses)))
+        if created_from is not None:
+            query = query.where(orders.c.created_at >= created_from)
+        if created_to is not None:
+            query = query.where(orders.c.created_at < created_to)
+        if after is not None:
+            created_at, order_id = after
+            query = query.where(
+                or_(
+                    orders.c.created_at < created_at,
+                    and_(orders.c.created_at == created_at, orders.c.id < order_id),
+                )
+            )
+        query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit)
+        return [_order(row) for row in await self._session.execute(query)]
+
+    async def move(
+        self,
+        order_id: str,
+        *,
+        source: OrderStatus,
+        target: OrderStatus,
+        actor: str,
+        reason: str,
+        now: datetime,
+        refunded_minor: int | None = None,
+    ) -> bool:
+        """The conditional status change and its history row; False if the order moved on."""
+        values: dict[str, object] = {
+            "status": target.value,
+            "version": orders.c.version + 1,
+            "updated_at": now,
+        }
+        if refunded_minor is not None:
+            values["refunded_minor"] = refunded_minor
+        result = await self._session.execute(
+            update(orders)
+            .where(and_(orders.c.id == order_id, orders.c.status == source.value))
+            .values(**values)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        await self._session.execute(
+            status_history.insert().values(
+                order_id=order_id,
+                from_status=source.value,
+                to_status=target.value,
+                actor=actor[:64],
+                reason=reason[:200],
+                at=now,
+            )
+        )
+        return True
+
+    async def set_refunded(self, order_id: str, refunded_minor: int, *, now: datetime) -> None:
+        await self._session.execute(
+            update(orders)
+            .where(orders.c.id == order_id)
+            .values(refunded_minor=refunded_minor, updated_at=now)
+        )
+
+    async def unrefunded_cancellations(self, *, limit: int) -> list[str]:
+        """Orders cancelled after payment whose refund or restock has not completed."""
+        was_paid = (
+            select(status_history.c.order_id)
+            .where(
+                and_(
+                    status_history.c.order_id == orders.c.id,
+                    status_history.c.from_status == OrderStatus.PAID.value,
+                    status_history.c.to_status == OrderStatus.CANCELLED.value,
+                )
+            )
+            .exists()
+        )
+        rows = await self._session.scalars(
+            select(orders.c.id)
+            .where(
+                and_(
+                    orders.c.status == OrderStatus.CANCELLED.value,
+                    orders.c.refunded_minor < orders.c.total_minor,
+                    was_paid,
+                )
+            )
+            .limit(limit)
+        )
+        return list(rows)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _order(row: object) -> Order:
+    r = row  # a Row of ordering_orders
+    currency: str = r.currency  # type: ignore[attr-defined]
+
+    def money(minor: int) -> Money:
+        return Money.from_minor(minor, currency)
+
+    return Order(
+        id=r.id,  # type: ignore[attr-defined]
+        customer_id=r.customer_id,  # type: ignore[attr-defined]
+        status=OrderStatus(r.status),  # type: ignore[attr-defined]
+        currency=currency,
+        subtotal=money(r.subtotal_minor),  # type: ignore[attr-defined]
+        shipping=money(r.shipping_minor),  # type: ignore[attr-defined]
+        tax=money(r.tax_minor),  # type: ignore[attr-defined]
+        total=money(r.total_minor),  # type: ignore[attr-defined]
+        refunded=money(r.refunded_minor),  # type: ignore[attr-defined]
+        shipping_method=r.shipping_method,  # type: ignore[attr-defined]
+        shipping_address={},
+        xid=r.xid,  # type: ignore[attr-defined]
+        version=r.version,  # type: ignore[attr-defined]
+        created_at=_aware(r.created_at),  # type: ignore[attr-defined]
+        updated_at=_aware(r.updated_at),  # type: ignore[attr-defined]
+    )
+
+
+class IdempotencyRecord:
+    __slots__ = (
+        "order_id",
+        "request_hash",
+        "response_body",
+        "response_status",
+        "state",
+        "updated_at",
+    )
+
+    def __init__(self, row: object) -> None:
+        self.request_hash: str = row.request_hash  # type: ignore[attr-defined]
+        self.state: str = row.state  # type: ignore[attr-defined]
+        self.order_id: str | None = row.order_id  # type: ignore[attr-defined]
+        self.response_status: int | None = row.response_status  # type: ignore[attr-defined]
+        self.response_body: str | None = row.response_body  # type: ignore[attr-defined]
+        self.updated_at: datetime = row.updated_at  # type: ignore[attr-defined]
+
+
+class IdempotencyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def _key(self, customer_id: str, key: str) -> object:
+        return and_(
+            idempotency_keys.c.customer_id == customer_id,
+            idempotency_keys.c.idempotency_key == key,
+        )
+
+    async def claim(
+        self, customer_id: str, key: str, *, request_hash: str, now: datetime, expires_at: datetime
+    ) -> bool:
+        """Insert an `in_progress` record; False when the key exists already."""
+        result = await self._session.execute(
+            insert_if_absent(self._session, idempotency_keys).values(
+                customer_id=customer_id,
+                idempotency_key=key,
+                request_hash=request_hash,
+                state="in_progress",
+                order_id=None,
+                response_status=None,
+                response_body=None,
+                created_at=now,
+                updated_at=now,
+                expires_at=expires_at,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def get(self, customer_id: str, key: str) -> IdempotencyRecord | None:
+        row = (
+            await self._session.execute(
+                select(idempotency_keys).where(self._key(customer_id, key))  # type: ignore[arg-type]
+            )
+        ).one_or_none()
+        return None if row is None else IdempotencyRecord(row)
+
+    async def attach_order(self, customer_id: str, key: str, order_id: str, now: datetime) -> None:
+        await self._session.execute(
+            update(idempotency_keys)
+            .where(self._key(customer_id, key))  # type: ignore[arg-type]
+            .values(order_id=order_id, updated_at=now)
+        )
+
+    async def complete(
+        self, customer_id: str, key: str, *, status: int, body: str, now: datetime
+    ) -> None:
+        await self._session.execute(
+            update(idempotency_keys)
+            .where(self._key(customer_id, key))  # type: ignore[arg-type]
+            .values(state="completed", response_status=status, response_body=body, updated_at=now)
+        )
+
+    async def take_over(
+        self, customer_id: str, key: str, *, stale_before: datetime, now: datetime
+    ) -> bool:
+        """Re-claim an abandoned `in_progress` record that never created an order."""
+        result = await self._session.execute(
+            update(idempotency_keys)
+            .where(
+                and_(
+                    self._key(customer_id, key),  # type: ignore[arg-type]
+                    idempotency_keys.c.state == "in_progress",
+                    idempotency_keys.c.order_id.is_(None),
+                    idempotency_keys.c.updated_at < stale_before,
+                )
+            )
+            .values(updated_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def forget(self, customer_id: str, key: str) -> None:
+        """Drop an `in_progress` claim whose request failed before creating anything."""
+        await self._session.execute(
+            delete(idempotency_keys).where(
+                and_(self._key(customer_id, key), idempotency_keys.c.order_id.is_(None))  # type: ignore[arg-type]
+            )
+        )
+
+    async def purge_expired(self, now: datetime) -> int:
+        result = await self._session.execute(
+            delete(idempotency_keys).where(idempotency_keys.c.expires_at < now)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class OrderingUnitOfWork(UnitOfWork):
+    orders: OrderRepository
+    idempotency: IdempotencyRepository
+
+    def _open_repositories(self, session: AsyncSession) -> None:
+        self.orders = OrderRepository(session)
+        self.idempotency = IdempotencyRepository(session)

@@ -1,0 +1,345 @@
+"""Ordering use cases: read orders, cancel, refund, and the order's own TCC branch.
+
+Every status change is a conditional UPDATE (`status = :from`) plus a history row and an
+outbox event in one transaction. Money and stock effects of a cancel or refund go through
+the payments and inventory ports with idempotency keys derived from the order, so a
+retry (by the customer, or by `finish_cancellations`) never refunds or restocks twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from ironcart.contracts.ordering import (
+    OrderCancelled,
+    OrderPaid,
+    OrderRefunded,
+    OrderStatusChanged,
+)
+from ironcart.inventory.client import InventoryClient
+from ironcart.ordering.checkout import Checkout, CheckoutAnswer, CheckoutRequest
+from ironcart.ordering.domain import (
+    CANCELLABLE,
+    REFUNDABLE,
+    IllegalTransition,
+    Order,
+    OrderNotFound,
+    OrderStatus,
+    RefundExceedsCaptured,
+    check_transition,
+)
+from ironcart.ordering.repository import OrderingUnitOfWork, outbox
+from ironcart.payments.client import PaymentsClient
+from ironcart.platform.errors import InvalidRequest
+from ironcart.platform.money import Money, MoneyError
+from ironcart.platform.outbox import record
+from ironcart.platform.security.crypto import SecretBox
+
+SYSTEM = "system:checkout"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    items: list[Order]
+    next_cursor: tuple[datetime, str] | None
+
+
+class OrderingService:
+    def __init__(
+        self,
+        *,
+        uow_factory: Callable[[], OrderingUnitOfWork],
+        checkout: Checkout,
+        payments: PaymentsClient,
+        inventory: InventoryClient,
+        address_box: SecretBox,
+        outbox_written: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._uow = uow_factory
+        self._checkout = checkout
+        self._payments = payments
+        self._inventory = inventory
+        self._box = address_box
+        self._outbox_written = outbox_written
+        self._clock = clock
+
+    # -- customers -----------------------------------------------------------------------------
+
+    async def place_order(
+        self, request: CheckoutRequest, *, render: Callable[[Order], bytes]
+    ) -> CheckoutAnswer:
+        """Checkout (or its replay for the same Idempotency-Key)."""
+
+        async def load(order_id: str) -> bytes:
+            return render(await self._get(order_id))
+
+        return await self._checkout.place(request, load=load)
+
+    async def get_order(self, *, order_id: str, customer_id: str | None) -> Order:
+        """One order; another customer's order is reported as not found."""
+        order = await self._get(order_id)
+        if customer_id is not None and order.customer_id != customer_id:
+            raise OrderNotFound(f"No order {order_id!r}.")
+        return order
+
+    async def list_orders(
+        self,
+        *,
+        customer_id: str | None,
+        statuses: Sequence[str] = (),
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 20,
+    ) -> OrderPage:
+        """Newest first, keyset-paginated; `customer_id=None` is the staff view of all orders."""
+        async with self._uow() as uow:
+            rows = await uow.orders.page(
+                customer_id=customer_id,
+                statuses=statuses,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit + 1,
+            )
+        items = rows[:limit]
+        cursor = (items[-1].created_at, items[-1].id) if len(rows) > limit and items else None
+        return OrderPage(items, cursor)
+
+    async def cancel_order(
+        self, *, order_id: str, customer_id: str | None, actor: str, reason: str
+    ) -> Order:
+        """Cancel a paid order that has not shipped: refund everything, put the stock back."""
+        order = await self.get_order(order_id=order_id, customer_id=customer_id)
+        if order.status not in CANCELLABLE:
+            if order.status is OrderStatus.CANCELLED:
+                return order
+            raise IllegalTransition(
+                f"An order that is {order.status.value} cannot be cancelled.",
+                current=order.status.value,
+            )
+        moved = await self._transition(
+            order,
+            OrderStatus.CANCELLED,
+            actor=actor,
+            reason=reason,
+            events=[OrderCancelled(order.id, order.customer_id, reason)],
+        )
+        if not moved:
+            return await self.cancel_order(
+                order_id=order_id, customer_id=customer_id, actor=actor, reason=reason
+            )
+        # Decided and recorded; the money and stock follow. Should this process die here,
+        # `finish_cancellations` (the worker) completes it with the same idempotency keys.
+        await self._undo_sale(order)
+        return await self._get(order_id)
+
+    async def finish_cancellations(self, *, limit: int = 100) -> int:
+        """Refund and restock cancelled paid orders whose compensation did not finish."""
+        async with self._uow() as uow:
+            order_ids = await uow.orders.unrefunded_cancellations(limit=limit)
+        for order_id in order_ids:
+            await self._undo_sale(await self._get(order_id))
+        return len(order_ids)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget Idempotency-Keys past their retention (24 h at least)."""
+        async with self._uow() as uow:
+            purged = await uow.idempotency.purge_expired(self._clock())
+            await uow.commit()
+        return purged
+
+    # -- staff ---------------------------------------------------------------------------------
+
+    async def refund(
+        self, *, order_id: str, amount: Decimal, idempotency_key: str, actor: str, reason: str
+    ) -> Order:
+        """Give back part or all of what was captured; never more than is left."""
+        order = await self._get(order_id)
+        # REFUNDED too: a replay of the refund that completed it answers as the first did.
+        if order.status not in REFUNDABLE | {OrderStatus.REFUNDED}:
+            raise IllegalTransition(
+                f"An order that is {order.status.value} cannot be refunded.",
+                current=order.status.value,
+            )
+        try:
+            refund = Money.of(amount, order.currency)
+        except MoneyError as error:
+            raise InvalidRequest(str(error)) from None
+        if refund.amount <= 0:
+            raise RefundExceedsCaptured("A refund gives back a positive amount.")
+        # Payments holds the authority on what is left (and replays a known key).
+        await self._payments.refund(
+            order_id=order.id,
+            amount=refund.amount,
+            idempotency_key=f"{order.id}:{idempotency_key}",
+        )
+        await self._record_refunds(order_id, actor=actor, reason=reason)
+        return await self._get(order_id)
+
+    async def _record_refunds(self, order_id: str, *, actor: str, reason: str) -> None:
+        """Bring the order's refunded amount and status up to what payments has refunded.
+
+        Payments is the authority (its conditional UPDATE admits no refund beyond the
+        capture); concurrent refunds each move the order from the state they find.
+        """
+        for _ in range(10):
+            order = await self._get(order_id)
+            payment = await self._payments.payment_for_order(order_id)
+            if payment is None:
+                return
+            refunded = Money.of(payment.amount_refunded, order.currency)
+            if refunded.amount <= order.refunded.amount or order.status not in REFUNDABLE:
+                return
+            fully = refunded.amount >= order.total.amount
+            target = OrderStatus.REFUNDED if fully else OrderStatus.PARTIALLY_REFUNDED
+            event = OrderRefunded(
+                order.id,
+                order.customer_id,
+                (refunded - order.refunded).amount,
+                order.currency,
+                fully,
+            )
+            if await self._transition(
+                order, target, actor=actor, reason=reason, refunded=refunded, events=[event]
+            ):
+                return
+        raise IllegalTransition("The order kept changing while it was refunded; reload it.")
+
+    # -- the order's TCC branch -------------------------------------------------------------
+
+    async def branch_try(self, order_id: str) -> None:
+        """Stock and payment are held: the order awaits its capture."""
+        await self._branch_move(
+            order_id,
+            OrderStatus.PENDING,
+            OrderStatus.AWAITING_PAYMENT,
+            "stock held, payment authorized",
+        )
+
+    async def branch_confirm(self, order_id: str) -> None:
+        """Captured and sold: the order is paid."""
+        order = await self._get(order_id)
+        if order.status is OrderStatus.PENDING:  # recovery confirming a try it never saw finish
+            await self.branch_try(order_id)
+            order = await self._get(order_id)
+        if order.status is not OrderStatus.AWAITING_PAYMENT:
+            if order.status is OrderStatus.CANCELLED:
+                raise IllegalTransition("A cancelled order cannot be paid.")
+            return
+        await self._transition(
+            order,
+            OrderStatus.PAID,
+            actor=SYSTEM,
+            reason="payment captured",
+            events=[OrderPaid(order.id, order.customer_id, order.total.amount, order.currency)],
+        )
+
+    async def branch_cancel(self, order_id: str, reason: str = "checkout cancelled") -> None:
+        """Stock released and payment voided (or never taken): the order is cancelled."""
+        order = await self._get_or_none(order_id)
+        if order is None or order.status not in {OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT}:
+            return
+        await self._transition(
+            order,
+            OrderStatus.CANCELLED,
+            actor=SYSTEM,
+            reason=reason,
+            events=[OrderCancelled(order.id, order.customer_id, reason)],
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _undo_sale(self, order: Order) -> None:
+        left = order.refundable()
+        if left.amount > 0:
+            await self._payments.refund(
+                order_id=order.id, amount=left.amount, idempotency_key=f"{order.id}:cancel"
+            )
+        await self._inventory.return_sale(xid=order.xid)
+        payment = await self._payments.payment_for_order(order.id)
+        refunded = (
+            order.total if payment is None else Money.of(payment.amount_refunded, order.currency)
+        )
+        async with self._uow() as uow:
+            await uow.orders.set_refunded(order.id, refunded.to_minor(), now=self._clock())
+            await uow.commit()
+
+    async def _branch_move(
+        self, order_id: str, source: OrderStatus, target: OrderStatus, reason: str
+    ) -> None:
+        order = await self._get(order_id)
+        if order.status is source:
+            await self._transition(order, target, actor=SYSTEM, reason=reason)
+        elif order.status is OrderStatus.CANCELLED:
+            raise IllegalTransition("The order was cancelled while its checkout ran.")
+
+    async def _transition(
+        self,
+        order: Order,
+        target: OrderStatus,
+        *,
+        actor: str,
+        reason: str,
+        refunded: Money | None = None,
+        events: Sequence[object] = (),
+    ) -> bool:
+        check_transition(order.status, target)
+        now = self._clock()
+        async with self._uow() as uow:
+            moved = await uow.orders.move(
+                order.id,
+                source=order.status,
+                target=target,
+                actor=actor,
+                reason=reason,
+                now=now,
+                refunded_minor=None if refunded is None else refunded.to_minor(),
+            )
+            if not moved:
+                return False
+            changed = OrderStatusChanged(
+                order.id, order.customer_id, order.status.value, target.value, actor, reason
+            )
+            for event in (*events, changed):
+                await record(uow.session, outbox, event, subject=f"ordering.{type(event).__name__}")
+            await uow.commit()
+        order.status = target
+        self._outbox_written()
+        return True
+
+    async def _get_or_none(self, order_id: str) -> Order | None:
+        async with self._uow() as uow:
+            found = await uow.orders.get(order_id)
+        if found is None:
+            return None
+        order, sealed = found
+        order.shipping_address = _address(self._box.open(sealed))
+        return order
+
+    async def _get(self, order_id: str) -> Order:
+        order = await self._get_or_none(order_id)
+        if order is None:
+            raise OrderNotFound(f"No order {order_id!r}.")
+        return order
+
+
+def _address(raw: bytes) -> dict[str, str]:
+    value: Mapping[str, Any] = orjson.loads(raw)
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())

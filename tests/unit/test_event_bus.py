@@ -1,0 +1,34 @@
+"""The in-process bus: a failing handler is logged and never reaches the publisher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ironcart.platform.events import EventBus
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass(frozen=True)
+class Happened:
+    name: str
+
+
+async def test_a_failing_handler_does_not_fail_the_publisher_or_the_others() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    async def broken(event: Happened) -> None:
+        raise RuntimeError("database is locked")
+
+    async def working(event: Happened) -> None:
+        seen.append(event.name)
+
+    bus.subscribe(Happened, broken)
+    bus.subscribe(Happened, working)
+
+    await bus.publish([Happened("first"), Happened("second")])
+
+    assert seen == ["first", "second"]
