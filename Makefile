@@ -15,10 +15,15 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-## Serve the whole shop on http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000} (SQLite, demo data).
+## Serve the whole shop on http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000} (SQLite, demo data),
+## with the sandbox payment provider (a separate process on 127.0.0.1:8790) for checkout.
 run: install
 	$(BIN)/ironcart migrate
 	$(BIN)/ironcart seed
+	@mkdir -p var; \
+	$(BIN)/ironcart sandbox-psp --store var/sandbox-psp.db \
+	  --webhook-url http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000}/api/v1/payments/webhooks/sandbox & \
+	psp=$$!; trap 'kill $$psp 2>/dev/null; wait $$psp 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/ironcart serve
 
 ## Lint, type-check, import contracts, then every test tier.

@@ -22,7 +22,7 @@ from ironcart.identity.client import InProcessIdentityClient
 from ironcart.identity.repository import IdentityUnitOfWork
 from ironcart.identity.service import IdentityService
 from ironcart.inventory.client import InProcessInventoryClient
-from ironcart.inventory.repository import InventoryUnitOfWork
+from ironcart.inventory.repository import InventoryUnitOfWork, inventory_outbox
 from ironcart.inventory.service import InventoryService
 from ironcart.ordering.checkout import Checkout
 from ironcart.ordering.participants import InventoryBranch, OrderBranch, PaymentBranch
@@ -155,6 +155,7 @@ def bootstrap(settings: Settings) -> Container:
         outbox_sources=[
             OutboxSource(engine, ordering_outbox),
             OutboxSource(engine, payments_outbox),
+            OutboxSource(engine, inventory_outbox),
         ],
         outbox_wakeups=wakeups,
     )
@@ -228,6 +229,7 @@ def _ordering(
         coordinator=coordinator,
         catalog=InProcessCatalogClient(catalog),
         cart=InProcessCartClient(cart),
+        inventory=InProcessInventoryClient(inventory),
         address_box=box,
         settings=config,
         outbox_written=outbox_written,

@@ -136,18 +136,29 @@ async def _psp_payments(psp: Any, order_id: str) -> list[dict[str, Any]]:
 
 async def _settle(
     client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]
-) -> dict[str, Any]:
-    """Replay the checkout until recovery has brought its order to paid or cancelled."""
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """Replay the checkout until recovery has decided its order; the replay and the order.
+
+    While the order is in flight the replay waits (409 in progress); then it answers 201
+    with the paid order, or 409 `checkout_aborted` when recovery cancelled it.
+    """
     with anyio.fail_after(45):
         while True:
             response = await client.post("/api/v1/orders", json=body, headers=headers)
-            if response.status_code == 201 and response.json()["status"] in {"paid", "cancelled"}:
-                order: dict[str, Any] = response.json()
-                latest = await client.get(f"/api/v1/orders/{order['id']}", headers=headers)
-                if latest.json()["status"] in {"paid", "cancelled"}:
-                    return dict(latest.json())
             assert response.status_code in {201, 409}, response.text
+            code = response.json().get("type", "")
+            if response.status_code == 201 or code.endswith("checkout_aborted"):
+                break
             await anyio.sleep(0.3)
+    mine = await client.get("/api/v1/orders", headers=headers)
+    orders = mine.json()["items"]
+    assert len(orders) == 1, orders
+    detail = await client.get(f"/api/v1/orders/{orders[0]['id']}", headers=headers)
+    return response, dict(detail.json())
+
+
+def _without_request_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key != "request_id"}
 
 
 @pytest.mark.parametrize(
@@ -196,18 +207,24 @@ async def test_a_checkout_killed_at_any_step_ends_all_or_nothing(
         httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
     ):
         headers["Authorization"] = (await _token(client, CUSTOMER))["Authorization"]
-        order = await _settle(client, order_body, headers)
+        replay, order = await _settle(client, order_body, headers)
+        again = await client.post("/api/v1/orders", json=order_body, headers=headers)
 
     assert order["status"] == outcome
+    assert again.status_code == replay.status_code  # the settled answer is stored
+    assert _without_request_id(again.json()) == _without_request_id(replay.json())
     on_hand, reserved, active = await _stock(stage.database_url, sku)
     assert reserved == before[1]
     assert active == 0
     payments = await _psp_payments(stage.psp, order["id"])
     if outcome == "paid":
+        assert replay.status_code == 201
+        assert replay.json()["id"] == order["id"]
         assert on_hand == before[0] - 1
         assert [p["status"] for p in payments] == ["captured"]
         assert [t["to"] for t in order["history"]] == ["awaiting_payment", "paid"]
     else:
+        assert replay.status_code == 409
         assert on_hand == before[0]
         assert all(p["status"] in {"voided", "declined"} for p in payments), payments
         assert order["history"][-1]["to"] == "cancelled"

@@ -29,6 +29,7 @@ from ironcart.inventory.repository import (
 from ironcart.inventory.service import InventoryService
 from ironcart.platform.database import create_engine, session_factory
 from ironcart.platform.events import EventBus
+from tests.support.inventory_outbox import recorded
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -73,8 +74,7 @@ async def inventory(database_url: str) -> AsyncIterator[Inventory]:
     async def record(event: object) -> None:
         found.events.append(event)
 
-    bus.subscribe(StockChanged, record)
-    bus.subscribe(StockLow, record)
+    bus.subscribe(StockChanged, record)  # StockLow goes through the outbox, not the bus
     try:
         yield found
     finally:
@@ -293,7 +293,7 @@ async def test_deactivated_warehouse_is_not_sold_from(inventory: Inventory) -> N
     assert await inventory.levels(sku) == {codes["closing"]: (10, 0), codes["open"]: (2, 2)}
 
 
-async def test_low_stock_is_announced_once_when_crossing_the_threshold(
+async def test_low_stock_is_recorded_once_in_the_outbox_when_crossing_the_threshold(
     inventory: Inventory,
 ) -> None:
     sku, codes = await _stocked(inventory, main=10)
@@ -310,11 +310,18 @@ async def test_low_stock_is_announced_once_when_crossing_the_threshold(
 
     await _reserve(inventory, sku, 4)  # 6 left: not low
     assert REGISTRY.get_sample_value("ironcart_inventory_available", {"sku": sku}) is None
+    assert await recorded(inventory.engine, sku=sku) == []
     held = await _reserve(inventory, sku, 2)  # 4 left: crossed
-    await _reserve(inventory, sku, 1)  # 3 left: still low, not announced again
+    # committed with the reservation, before anything was announced
+    assert await recorded(inventory.engine, sku=sku) == [
+        ("StockLow", "inventory.StockLow", StockLow(sku, 4, 5))
+    ]
+    await _reserve(inventory, sku, 1)  # 3 left: still low, not recorded again
 
-    lows = [event for event in inventory.events if isinstance(event, StockLow)]
-    assert lows == [StockLow(sku, 4, 5)]
+    assert await recorded(inventory.engine, sku=sku) == [
+        ("StockLow", "inventory.StockLow", StockLow(sku, 4, 5))
+    ]
+    assert not any(isinstance(event, StockLow) for event in inventory.events)  # not on the bus
     assert REGISTRY.get_sample_value("ironcart_inventory_stock_low_total") == low_before + 1
     assert REGISTRY.get_sample_value("ironcart_inventory_available", {"sku": sku}) == 3.0
 

@@ -31,6 +31,7 @@ from ironcart.inventory.service import InventoryService
 from ironcart.platform.database import create_engine, session_factory
 from ironcart.platform.events import EventBus
 from ironcart.platform.txn.fence import FenceConflict, Suspended
+from tests.support.inventory_outbox import recorded
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -122,8 +123,7 @@ async def _inventory(database_url: str, *, pool_size: int) -> AsyncIterator[Inve
     async def record(event: object) -> None:
         found.events.append(event)
 
-    bus.subscribe(StockChanged, record)
-    bus.subscribe(StockLow, record)
+    bus.subscribe(StockChanged, record)  # StockLow goes through the outbox, not the bus
     try:
         yield found
     finally:
@@ -181,6 +181,11 @@ async def test_try_then_confirm_sells_every_line(inventory: Inventory) -> None:
         for event in inventory.events
         if isinstance(event, StockChanged)
     ) == sorted([(mug, 8), (pen, 0)])
+    # and the pens ran out (threshold 0): StockLow is in the outbox, committed with the try
+    assert await recorded(inventory.engine, sku=pen) == [
+        ("StockLow", "inventory.StockLow", StockLow(pen, 0, 0))
+    ]
+    assert await recorded(inventory.engine, sku=mug) == []
 
     # When the coordinator confirms
     await inventory.service.confirm_reservations(xid=xid)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -126,14 +127,19 @@ class PaymentsHarness:
         return None if found is None else dict(found._mapping)
 
     async def outbox(self, order_id: str) -> list[str]:
-        """The event types recorded for this order, in order."""
-        query = (
-            select(payments_outbox.c.event_type)
-            .where(payments_outbox.c.subject == order_id)
-            .order_by(payments_outbox.c.seq)
-        )
+        """The event types recorded for this order, in order (subjects are per event type)."""
+        query = select(
+            payments_outbox.c.event_type, payments_outbox.c.subject, payments_outbox.c.payload
+        ).order_by(payments_outbox.c.seq)
         async with self.engine.connect() as connection:
-            return list((await connection.execute(query)).scalars())
+            rows = (await connection.execute(query)).all()
+        for event_type, subject, _ in rows:
+            assert subject == f"payments.{event_type}"
+        return [
+            event_type
+            for event_type, _, payload in rows
+            if orjson.loads(payload).get("order_id") == order_id
+        ]
 
 
 def sandbox_gateway(

@@ -46,6 +46,10 @@ class InventoryClient(Protocol):
         """Put back on the shelf what checkout `xid` sold (a cancelled paid order); once."""
         ...
 
+    async def check_available(self, *, lines: Sequence[tuple[str, int]]) -> None:
+        """`InsufficientStock` (409) now if the lines cannot be held: a read, no hold."""
+        ...
+
 
 class InProcessInventoryClient:
     def __init__(self, service: InventoryService) -> None:
@@ -88,3 +92,7 @@ class InProcessInventoryClient:
     async def return_sale(self, *, xid: str) -> None:
         """Return through the inventory service in this process."""
         await self._service.return_sale(xid=xid)
+
+    async def check_available(self, *, lines: Sequence[tuple[str, int]]) -> None:
+        """Check through the inventory service in this process."""
+        await self._service.check_available(lines=lines)

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -31,6 +31,7 @@ import structlog
 from ironcart.cart.client import CartClient
 from ironcart.catalog.client import CatalogClient
 from ironcart.contracts.ordering import OrderLineSummary, OrderPlaced
+from ironcart.inventory.client import InventoryClient
 from ironcart.ordering.domain import (
     CheckoutAborted,
     CheckoutBusy,
@@ -67,6 +68,7 @@ class CheckoutRequest:
     shipping_address: dict[str, str]
     card_token: str
     fingerprint: bytes  # the request body as parsed, canonically encoded
+    claim_token: str = ""  # set by `Checkout.place`: this request's hold on the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,12 @@ class CheckoutAnswer:
     body: bytes
     replayed: bool
     order_id: str | None
+
+
+# Renders an order as stored: (status, JSON body). The answer, also for a later replay.
+Loader = Callable[[str], Awaitable[tuple[str, bytes]]]
+# An order in these states is decided (or done): a replay answers 201 with it.
+_IN_FLIGHT = {OrderStatus.PENDING.value, OrderStatus.AWAITING_PAYMENT.value}
 
 
 def _now() -> datetime:
@@ -93,6 +101,7 @@ class Checkout:
         coordinator: TccCoordinator,
         catalog: CatalogClient,
         cart: CartClient,
+        inventory: InventoryClient,
         address_box: SecretBox,
         settings: OrderingSettings,
         outbox_written: Callable[[], None] = lambda: None,
@@ -102,6 +111,7 @@ class Checkout:
         self._coordinator = coordinator
         self._catalog = catalog
         self._cart = cart
+        self._inventory = inventory
         self._box = address_box
         self._settings = settings
         self._outbox_written = outbox_written
@@ -112,12 +122,10 @@ class Checkout:
         self,
         request: CheckoutRequest,
         *,
-        load: Callable[[str], Awaitable[bytes]],
+        load: Loader,
     ) -> CheckoutAnswer:
-        """Run (or replay) the checkout for this Idempotency-Key; see the module docstring.
-
-        `load(order_id)` renders an order as stored: the answer, also for a later replay.
-        """
+        """Run (or replay) the checkout for this Idempotency-Key; see the module docstring."""
+        request = replace(request, claim_token=str(uuid.uuid4()))
         digest = request_hash(request.fingerprint)
         replay = await self._claim_or_replay(request, digest, load=load)
         if replay is not None:
@@ -134,9 +142,7 @@ class Checkout:
         finally:
             self._running.release()
 
-    async def _checkout(
-        self, request: CheckoutRequest, *, load: Callable[[str], Awaitable[bytes]]
-    ) -> CheckoutAnswer:
+    async def _checkout(self, request: CheckoutRequest, *, load: Loader) -> CheckoutAnswer:
         try:
             order, cart_version = await self._prepare(request)
         except IronCartError as error:
@@ -150,7 +156,7 @@ class Checkout:
     # -- idempotency -------------------------------------------------------------------------
 
     async def _claim_or_replay(
-        self, request: CheckoutRequest, digest: str, *, load: Callable[[str], Awaitable[bytes]]
+        self, request: CheckoutRequest, digest: str, *, load: Loader
     ) -> CheckoutAnswer | None:
         """None when this request owns the key now; else the first request's answer."""
         deadline = asyncio.get_running_loop().time() + self._settings.idempotency_wait_seconds
@@ -169,10 +175,12 @@ class Checkout:
                 seconds=self._settings.idempotency_stale_seconds
             )
             if stale and record_.order_id:
-                # The first request died after creating its order: answer with the order
-                # as recovery left (or is leaving) it.
-                return CheckoutAnswer(201, await load(record_.order_id), True, record_.order_id)
-            if stale and await self._take_over(request):
+                # The first request died after creating its order: answer with the order as
+                # recovery left it, once recovery has decided it.
+                answer = await self._settled(request, record_.order_id, load)
+                if answer is not None:
+                    return answer
+            elif stale and await self._take_over(request):
                 return None  # the first request died before creating anything
             if asyncio.get_running_loop().time() >= deadline:
                 raise CheckoutInProgress(
@@ -191,6 +199,22 @@ class Checkout:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
 
+    async def _settled(
+        self, request: CheckoutRequest, order_id: str, load: Loader
+    ) -> CheckoutAnswer | None:
+        """The answer for the order of a request that died, once its outcome is known."""
+        status, body = await load(order_id)
+        if status in _IN_FLIGHT:
+            return None  # recovery has not decided it yet: keep waiting (or 409)
+        if status == OrderStatus.CANCELLED.value:
+            aborted = CheckoutAborted(
+                "The checkout did not finish and was cancelled; nothing was charged."
+            )
+            await self._store_error(request, aborted, token=None)
+            raise aborted
+        await self._complete(request, body, token=None)
+        return CheckoutAnswer(201, body, True, order_id)
+
     async def _claim(self, request: CheckoutRequest, digest: str) -> IdempotencyRecord | None:
         """Claim the key (None) or return the record already there."""
         now = self._clock()
@@ -198,6 +222,7 @@ class Checkout:
             claimed = await uow.idempotency.claim(
                 request.customer_id,
                 request.idempotency_key,
+                token=request.claim_token,
                 request_hash=digest,
                 now=now,
                 expires_at=now + timedelta(hours=self._settings.idempotency_ttl_hours),
@@ -217,12 +242,26 @@ class Checkout:
         stale_before = now - timedelta(seconds=self._settings.idempotency_stale_seconds)
         async with self._uow() as uow:
             taken = await uow.idempotency.take_over(
-                request.customer_id, request.idempotency_key, stale_before=stale_before, now=now
+                request.customer_id,
+                request.idempotency_key,
+                token=request.claim_token,
+                stale_before=stale_before,
+                now=now,
             )
             await uow.commit()
         return taken
 
-    async def _store_error(self, request: CheckoutRequest, error: IronCartError) -> None:
+    async def _store_error(
+        self, request: CheckoutRequest, error: IronCartError, *, token: str | None = ""
+    ) -> None:
+        """Store the error as the key's answer (a temporary one frees the key instead)."""
+        if token == "":
+            token = request.claim_token
+        if error.kind is ErrorKind.UNAVAILABLE and token is not None:
+            # Provider or database down: nothing stands (the order, if any, is cancelled),
+            # so the client may retry with the same key, as the Retry-After invites.
+            await self._forget(request)
+            return
         body = orjson.dumps(
             {
                 "code": error.code,
@@ -235,13 +274,20 @@ class Checkout:
         ).decode()
         async with self._uow() as uow:
             await uow.idempotency.complete(
-                request.customer_id, request.idempotency_key, status=0, body=body, now=self._clock()
+                request.customer_id,
+                request.idempotency_key,
+                token=token,
+                status=0,
+                body=body,
+                now=self._clock(),
             )
             await uow.commit()
 
     async def _forget(self, request: CheckoutRequest) -> None:
         async with self._uow() as uow:
-            await uow.idempotency.forget(request.customer_id, request.idempotency_key)
+            await uow.idempotency.forget(
+                request.customer_id, request.idempotency_key, token=request.claim_token
+            )
             await uow.commit()
 
     # -- pricing -------------------------------------------------------------------------------
@@ -257,6 +303,8 @@ class Checkout:
             cart_version = cart.version
         lines = merge_lines(wanted)
         items = await self._price(lines)
+        # Sold out: refuse before writing anything (a crowd on the last units costs reads).
+        await self._inventory.check_available(lines=lines)
         rate = self._settings.shipping_methods.get(request.shipping_method)
         if rate is None:
             raise UnknownShippingMethod(
@@ -321,9 +369,15 @@ class Checkout:
         order: Order,
         cart_version: int | None,
         *,
-        load: Callable[[str], Awaitable[bytes]],
+        load: Loader,
     ) -> CheckoutAnswer:
-        await self._begin(request, order)
+        try:
+            await self._begin(request, order)
+        except CheckoutInProgress:
+            raise  # another request holds the key now; nothing of ours was stored
+        except BaseException:
+            await self._forget(request)  # the order's transaction rolled back: nothing stands
+            raise
         try:
             state = await self._coordinator.execute(order.xid, kind="checkout")
         except IronCartError as error:
@@ -339,25 +393,38 @@ class Checkout:
             _log.info("checkout_confirm_deferred", order_id=order.id, xid=order.xid)
         if request.cart_id is not None and cart_version is not None:
             await self._close_cart(request, cart_version)
-        body = await load(order.id)
+        _, body = await load(order.id)
+        await self._complete(request, body, token=request.claim_token)
+        return CheckoutAnswer(201, body, False, order.id)
+
+    async def _complete(self, request: CheckoutRequest, body: bytes, *, token: str | None) -> None:
         async with self._uow() as uow:
             await uow.idempotency.complete(
                 request.customer_id,
                 request.idempotency_key,
+                token=token,
                 status=201,
                 body=body.decode(),
                 now=self._clock(),
             )
             await uow.commit()
-        return CheckoutAnswer(201, body, False, order.id)
 
     async def _begin(self, request: CheckoutRequest, order: Order) -> None:
         sealed = self._box.seal(orjson.dumps(order.shipping_address))
         async with self._uow() as uow:
             await uow.orders.add(order, sealed_address=sealed)
-            await uow.idempotency.attach_order(
-                request.customer_id, request.idempotency_key, order.id, self._clock()
-            )
+            if not await uow.idempotency.attach_order(
+                request.customer_id,
+                request.idempotency_key,
+                token=request.claim_token,
+                order_id=order.id,
+                now=self._clock(),
+            ):
+                # This request was too slow and another took the key over: roll back.
+                raise CheckoutInProgress(
+                    "Another request now runs the checkout of this Idempotency-Key.",
+                    headers={"Retry-After": "1"},
+                )
             await record(
                 uow.session,
                 outbox,
@@ -427,7 +494,9 @@ def replayed_error(stored: dict[str, Any]) -> IronCartError:
         (IronCartError,),
         {"code": stored["code"], "kind": ErrorKind(stored["kind"]), "title": stored["title"]},
     )
-    error: IronCartError = cls(stored["detail"], **stored.get("extra", {}))
+    error: IronCartError = cls(
+        stored["detail"], headers={"Idempotent-Replayed": "true"}, **stored.get("extra", {})
+    )
     return error
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 
 import ironcart.ordering.events  # noqa: F401 - registers the events the outbox carries
 from ironcart.ordering.domain import Order, OrderLine, OrderStatus, Transition
@@ -52,8 +54,13 @@ orders = Table(
     Column("shipping_address", LargeBinary, nullable=False),
     Column("xid", String(64), nullable=False, unique=True),
     Column("version", Integer, nullable=False),
+    # Cancelled after payment, refund and restock not yet confirmed (finish_cancellations).
+    Column("compensation_pending", Boolean, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    Index(
+        "ix_ordering_orders_compensation_pending_updated_at", "compensation_pending", "updated_at"
+    ),
     # A customer's history, newest first, keyset-paginated.
     Index("ix_ordering_orders_customer_id_created_at_id", "customer_id", "created_at", "id"),
     # Staff filters by status and date.
@@ -98,6 +105,8 @@ idempotency_keys = Table(
     Column("customer_id", String(36), primary_key=True),
     Column("idempotency_key", String(200), primary_key=True),
     Column("request_hash", String(64), nullable=False),
+    # Who holds an in-progress claim: writes of a request whose claim was taken over fail.
+    Column("claim_token", String(36), nullable=False),
     Column("state", String(16), nullable=False),  # in_progress | completed
     Column("order_id", String(36), nullable=True),
     Column("response_status", Integer, nullable=True),
@@ -131,6 +140,7 @@ class OrderRepository:
                 shipping_address=sealed_address,
                 xid=order.xid,
                 version=order.version,
+                compensation_pending=False,
                 created_at=order.created_at,
                 updated_at=order.updated_at,
             )
@@ -226,6 +236,7 @@ class OrderRepository:
         reason: str,
         now: datetime,
         refunded_minor: int | None = None,
+        compensation_pending: bool | None = None,
     ) -> bool:
         """The conditional status change and its history row; False if the order moved on."""
         values: dict[str, object] = {
@@ -233,6 +244,8 @@ class OrderRepository:
             "version": orders.c.version + 1,
             "updated_at": now,
         }
+        if compensation_pending is not None:
+            values["compensation_pending"] = compensation_pending
         if refunded_minor is not None:
             values["refunded_minor"] = refunded_minor
         result = await self._session.execute(
@@ -254,35 +267,20 @@ class OrderRepository:
         )
         return True
 
-    async def set_refunded(self, order_id: str, refunded_minor: int, *, now: datetime) -> None:
+    async def compensated(self, order_id: str, refunded_minor: int, *, now: datetime) -> None:
+        """The refund and restock of a cancelled paid order are done."""
         await self._session.execute(
             update(orders)
             .where(orders.c.id == order_id)
-            .values(refunded_minor=refunded_minor, updated_at=now)
+            .values(refunded_minor=refunded_minor, compensation_pending=False, updated_at=now)
         )
 
-    async def unrefunded_cancellations(self, *, limit: int) -> list[str]:
-        """Orders cancelled after payment whose refund or restock has not completed."""
-        was_paid = (
-            select(status_history.c.order_id)
-            .where(
-                and_(
-                    status_history.c.order_id == orders.c.id,
-                    status_history.c.from_status == OrderStatus.PAID.value,
-                    status_history.c.to_status == OrderStatus.CANCELLED.value,
-                )
-            )
-            .exists()
-        )
+    async def pending_compensations(self, *, limit: int) -> list[str]:
+        """Cancelled paid orders whose refund or restock has not completed, oldest first."""
         rows = await self._session.scalars(
             select(orders.c.id)
-            .where(
-                and_(
-                    orders.c.status == OrderStatus.CANCELLED.value,
-                    orders.c.refunded_minor < orders.c.total_minor,
-                    was_paid,
-                )
-            )
+            .where(orders.c.compensation_pending.is_(True))
+            .order_by(orders.c.updated_at)
             .limit(limit)
         )
         return list(rows)
@@ -321,6 +319,7 @@ def _order(row: object) -> Order:
 
 class IdempotencyRecord:
     __slots__ = (
+        "claim_token",
         "order_id",
         "request_hash",
         "response_body",
@@ -331,32 +330,47 @@ class IdempotencyRecord:
 
     def __init__(self, row: object) -> None:
         self.request_hash: str = row.request_hash  # type: ignore[attr-defined]
+        self.claim_token: str = row.claim_token  # type: ignore[attr-defined]
         self.state: str = row.state  # type: ignore[attr-defined]
         self.order_id: str | None = row.order_id  # type: ignore[attr-defined]
         self.response_status: int | None = row.response_status  # type: ignore[attr-defined]
         self.response_body: str | None = row.response_body  # type: ignore[attr-defined]
-        self.updated_at: datetime = row.updated_at  # type: ignore[attr-defined]
+        self.updated_at: datetime = _aware(row.updated_at)  # type: ignore[attr-defined]
 
 
 class IdempotencyRepository:
+    """A key's record; every write by the request holding it names its `claim_token`."""
+
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    def _key(self, customer_id: str, key: str) -> object:
-        return and_(
+    @staticmethod
+    def _key(customer_id: str, key: str, token: str | None = None) -> ColumnElement[bool]:
+        condition = and_(
             idempotency_keys.c.customer_id == customer_id,
             idempotency_keys.c.idempotency_key == key,
         )
+        return (
+            condition if token is None else and_(condition, idempotency_keys.c.claim_token == token)
+        )
 
     async def claim(
-        self, customer_id: str, key: str, *, request_hash: str, now: datetime, expires_at: datetime
+        self,
+        customer_id: str,
+        key: str,
+        *,
+        token: str,
+        request_hash: str,
+        now: datetime,
+        expires_at: datetime,
     ) -> bool:
-        """Insert an `in_progress` record; False when the key exists already."""
+        """Insert an `in_progress` record held by `token`; False when the key exists already."""
         result = await self._session.execute(
             insert_if_absent(self._session, idempotency_keys).values(
                 customer_id=customer_id,
                 idempotency_key=key,
                 request_hash=request_hash,
+                claim_token=token,
                 state="in_progress",
                 order_id=None,
                 response_status=None,
@@ -370,59 +384,87 @@ class IdempotencyRepository:
 
     async def get(self, customer_id: str, key: str) -> IdempotencyRecord | None:
         row = (
-            await self._session.execute(
-                select(idempotency_keys).where(self._key(customer_id, key))  # type: ignore[arg-type]
-            )
+            await self._session.execute(select(idempotency_keys).where(self._key(customer_id, key)))
         ).one_or_none()
         return None if row is None else IdempotencyRecord(row)
 
-    async def attach_order(self, customer_id: str, key: str, order_id: str, now: datetime) -> None:
-        await self._session.execute(
-            update(idempotency_keys)
-            .where(self._key(customer_id, key))  # type: ignore[arg-type]
-            .values(order_id=order_id, updated_at=now)
+    async def attach_order(
+        self, customer_id: str, key: str, *, token: str, order_id: str, now: datetime
+    ) -> bool:
+        """Bind the order to the key; False if this request no longer holds it."""
+        return await self._update(
+            customer_id, key, token, state="in_progress", order_id=order_id, updated_at=now
         )
 
     async def complete(
-        self, customer_id: str, key: str, *, status: int, body: str, now: datetime
-    ) -> None:
-        await self._session.execute(
-            update(idempotency_keys)
-            .where(self._key(customer_id, key))  # type: ignore[arg-type]
-            .values(state="completed", response_status=status, response_body=body, updated_at=now)
+        self,
+        customer_id: str,
+        key: str,
+        *,
+        token: str | None,
+        status: int,
+        body: str,
+        now: datetime,
+    ) -> bool:
+        """Store the answer; `token=None` answers for a request that died (its order's end)."""
+        return await self._update(
+            customer_id,
+            key,
+            token,
+            state="completed",
+            response_status=status,
+            response_body=body,
+            updated_at=now,
         )
 
     async def take_over(
-        self, customer_id: str, key: str, *, stale_before: datetime, now: datetime
+        self, customer_id: str, key: str, *, token: str, stale_before: datetime, now: datetime
     ) -> bool:
         """Re-claim an abandoned `in_progress` record that never created an order."""
         result = await self._session.execute(
             update(idempotency_keys)
             .where(
                 and_(
-                    self._key(customer_id, key),  # type: ignore[arg-type]
+                    self._key(customer_id, key),
                     idempotency_keys.c.state == "in_progress",
                     idempotency_keys.c.order_id.is_(None),
                     idempotency_keys.c.updated_at < stale_before,
                 )
             )
-            .values(updated_at=now)
+            .values(claim_token=token, updated_at=now)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def forget(self, customer_id: str, key: str) -> None:
-        """Drop an `in_progress` claim whose request failed before creating anything."""
+    async def forget(self, customer_id: str, key: str, *, token: str) -> None:
+        """Drop this request's claim: the key may be used again (nothing it did stands)."""
         await self._session.execute(
             delete(idempotency_keys).where(
-                and_(self._key(customer_id, key), idempotency_keys.c.order_id.is_(None))  # type: ignore[arg-type]
+                and_(self._key(customer_id, key, token), idempotency_keys.c.state == "in_progress")
             )
         )
 
-    async def purge_expired(self, now: datetime) -> int:
-        result = await self._session.execute(
-            delete(idempotency_keys).where(idempotency_keys.c.expires_at < now)
+    async def purge_expired(self, now: datetime, *, batch: int = 1000) -> int:
+        """Delete up to `batch` expired records (the caller loops)."""
+        expired = (
+            select(idempotency_keys.c.customer_id, idempotency_keys.c.idempotency_key)
+            .where(idempotency_keys.c.expires_at < now)
+            .limit(batch)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        rows = (await self._session.execute(expired)).all()
+        for customer_id, key in rows:
+            await self._session.execute(delete(idempotency_keys).where(self._key(customer_id, key)))
+        return len(rows)
+
+    async def _update(
+        self, customer_id: str, key: str, token: str | None, **values: object
+    ) -> bool:
+        condition = and_(
+            self._key(customer_id, key, token), idempotency_keys.c.state == "in_progress"
+        )
+        result = await self._session.execute(
+            update(idempotency_keys).where(condition).values(**values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 class OrderingUnitOfWork(UnitOfWork):

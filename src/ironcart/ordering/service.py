@@ -8,6 +8,7 @@ retry (by the customer, or by `finish_cancellations`) never refunds or restocks 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import structlog
 
 from ironcart.contracts.ordering import (
     OrderCancelled,
@@ -43,6 +45,7 @@ from ironcart.platform.outbox import record
 from ironcart.platform.security.crypto import SecretBox
 
 SYSTEM = "system:checkout"
+_log = structlog.get_logger("ironcart.ordering")
 
 
 def _now() -> datetime:
@@ -82,8 +85,9 @@ class OrderingService:
     ) -> CheckoutAnswer:
         """Checkout (or its replay for the same Idempotency-Key)."""
 
-        async def load(order_id: str) -> bytes:
-            return render(await self._get(order_id))
+        async def load(order_id: str) -> tuple[str, bytes]:
+            order = await self._get(order_id)
+            return order.status.value, render(order)
 
         return await self._checkout.place(request, load=load)
 
@@ -136,23 +140,33 @@ class OrderingService:
             actor=actor,
             reason=reason,
             events=[OrderCancelled(order.id, order.customer_id, reason)],
+            compensation_pending=True,
         )
         if not moved:
             return await self.cancel_order(
                 order_id=order_id, customer_id=customer_id, actor=actor, reason=reason
             )
-        # Decided and recorded; the money and stock follow. Should this process die here,
-        # `finish_cancellations` (the worker) completes it with the same idempotency keys.
-        await self._undo_sale(order)
+        # Decided and recorded; the money and stock follow. Should this fail or the process
+        # die here, `finish_cancellations` (the worker) completes it with the same keys.
+        try:
+            await self._undo_sale(order)
+        except Exception:  # noqa: BLE001 - the cancel stands; the worker finishes the refund
+            _log.warning("ordering_cancellation_deferred", order_id=order.id, exc_info=True)
         return await self._get(order_id)
 
     async def finish_cancellations(self, *, limit: int = 100) -> int:
         """Refund and restock cancelled paid orders whose compensation did not finish."""
         async with self._uow() as uow:
-            order_ids = await uow.orders.unrefunded_cancellations(limit=limit)
+            order_ids = await uow.orders.pending_compensations(limit=limit)
+        finished = 0
         for order_id in order_ids:
-            await self._undo_sale(await self._get(order_id))
-        return len(order_ids)
+            try:
+                await self._undo_sale(await self._get(order_id))
+            except Exception:  # noqa: BLE001 - one stuck order must not hold up the others
+                _log.exception("ordering_cancellation_not_finished", order_id=order_id)
+            else:
+                finished += 1
+        return finished
 
     async def purge_idempotency_keys(self) -> int:
         """Forget Idempotency-Keys past their retention (24 h at least)."""
@@ -181,10 +195,9 @@ class OrderingService:
         if refund.amount <= 0:
             raise RefundExceedsCaptured("A refund gives back a positive amount.")
         # Payments holds the authority on what is left (and replays a known key).
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
         await self._payments.refund(
-            order_id=order.id,
-            amount=refund.amount,
-            idempotency_key=f"{order.id}:{idempotency_key}",
+            order_id=order.id, amount=refund.amount, idempotency_key=f"{order.id}:staff:{digest}"
         )
         await self._record_refunds(order_id, actor=actor, reason=reason)
         return await self._get(order_id)
@@ -263,18 +276,23 @@ class OrderingService:
     # -- internals -----------------------------------------------------------------------------
 
     async def _undo_sale(self, order: Order) -> None:
-        left = order.refundable()
-        if left.amount > 0:
-            await self._payments.refund(
-                order_id=order.id, amount=left.amount, idempotency_key=f"{order.id}:cancel"
-            )
-        await self._inventory.return_sale(xid=order.xid)
+        """Refund what is left of the capture and put the stock back; each step keyed, so a
+        repeat (the worker's, after a crash) does nothing twice."""
         payment = await self._payments.payment_for_order(order.id)
+        if payment is not None:
+            left = payment.amount_captured - payment.amount_refunded
+            if left > 0:
+                # A key staff refunds cannot take (theirs are `<order>:staff:<digest>`).
+                await self._payments.refund(
+                    order_id=order.id, amount=left, idempotency_key=f"{order.id}:sys:cancel"
+                )
+            payment = await self._payments.payment_for_order(order.id)
+        await self._inventory.return_sale(xid=order.xid)
         refunded = (
             order.total if payment is None else Money.of(payment.amount_refunded, order.currency)
         )
         async with self._uow() as uow:
-            await uow.orders.set_refunded(order.id, refunded.to_minor(), now=self._clock())
+            await uow.orders.compensated(order.id, refunded.to_minor(), now=self._clock())
             await uow.commit()
 
     async def _branch_move(
@@ -295,6 +313,7 @@ class OrderingService:
         reason: str,
         refunded: Money | None = None,
         events: Sequence[object] = (),
+        compensation_pending: bool | None = None,
     ) -> bool:
         check_transition(order.status, target)
         now = self._clock()
@@ -307,6 +326,7 @@ class OrderingService:
                 reason=reason,
                 now=now,
                 refunded_minor=None if refunded is None else refunded.to_minor(),
+                compensation_pending=compensation_pending,
             )
             if not moved:
                 return False

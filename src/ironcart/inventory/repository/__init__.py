@@ -5,6 +5,7 @@ stock.py         stock levels and per-SKU settings: conditional UPDATEs only
 reservations.py  reservations, their lines, status transitions, the expiry claim
 warehouses.py    warehouses, and the append-only movement ledger with reconciliation
 fences.py        the TCC participant fences of checkout's global transactions
+outbox.py        inventory's outbox (`inventory_outbox`): what the relay publishes
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ironcart.inventory.repository.fences import SqlFenceRepository
+from ironcart.inventory.repository.outbox import SqlOutbox
 from ironcart.inventory.repository.reservations import SqlReservationRepository
 from ironcart.inventory.repository.stock import SqlStockRepository
 from ironcart.inventory.repository.tables import (
+    inventory_outbox,
     movements,
     reservation_lines,
     reservations,
@@ -35,6 +38,7 @@ class InventoryUnitOfWork(UnitOfWork):
     reservations: SqlReservationRepository
     movements: SqlMovementRepository
     fences: SqlFenceRepository
+    outbox: SqlOutbox
 
     def _open_repositories(self, session: AsyncSession) -> None:
         self.warehouses = SqlWarehouseRepository(session)
@@ -42,6 +46,7 @@ class InventoryUnitOfWork(UnitOfWork):
         self.reservations = SqlReservationRepository(session)
         self.movements = SqlMovementRepository(session)
         self.fences = SqlFenceRepository(session)
+        self.outbox = SqlOutbox(session)
 
     async def read_committed(self) -> None:
         """Run this transaction at READ COMMITTED; call it before the first statement.
@@ -58,6 +63,7 @@ class InventoryUnitOfWork(UnitOfWork):
 
 __all__ = [
     "InventoryUnitOfWork",
+    "inventory_outbox",
     "movements",
     "reservation_lines",
     "reservations",

@@ -101,12 +101,24 @@ class SqlStockRepository:
         """Sum of on_hand - reserved over active warehouses, for each SKU that has stock rows."""
         return await self._available(stock_levels.c.sku.in_(list(skus)))
 
-    async def available_at(self, warehouse_id: str) -> dict[str, int]:
-        """on_hand - reserved of every SKU with a level in `warehouse_id`."""
-        query = select(stock_levels.c.sku, stock_levels.c.on_hand - stock_levels.c.reserved).where(
-            stock_levels.c.warehouse_id == warehouse_id
+    async def available_at(self, warehouse_id: str, *, lock: bool = False) -> dict[str, int]:
+        """on_hand - reserved of every SKU with a level in `warehouse_id`.
+
+        `lock`: FOR UPDATE, in SKU order (the (sku, warehouse_id) order of every lock taker).
+        """
+        query = (
+            select(stock_levels.c.sku, stock_levels.c.on_hand - stock_levels.c.reserved)
+            .where(stock_levels.c.warehouse_id == warehouse_id)
+            .order_by(stock_levels.c.sku)
         )
+        if lock:
+            query = query.with_for_update()
         return {sku: int(units) for sku, units in await self._session.execute(query)}
+
+    async def available_of_skus_at(self, warehouse_id: str) -> dict[str, int]:
+        """`available` of every SKU with a level in `warehouse_id` (one query, no SKU list)."""
+        skus = select(stock_levels.c.sku).where(stock_levels.c.warehouse_id == warehouse_id)
+        return await self._available(stock_levels.c.sku.in_(skus))
 
     async def thresholds(self, skus: Sequence[str]) -> dict[str, int]:
         """Low-stock thresholds of the SKUs that have a settings row."""

@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 
 from ironcart.platform.database import Timestamp, metadata
+from ironcart.platform.outbox import outbox_table
 from ironcart.platform.txn.fence import fence_table
 
 warehouses = Table(
@@ -126,3 +127,6 @@ def rowcount(result: object) -> int:
 
 # TCC participant fences (platform.txn.fence): one row per (global transaction, branch).
 tcc_fences = fence_table(metadata, "inventory")
+
+# What inventory publishes (`StockLow`), recorded in the transaction of the stock change.
+inventory_outbox = outbox_table(metadata, "inventory")

@@ -1,8 +1,10 @@
 """Inventory use cases: warehouses, stock, reservations, checkout, reconciliation.
 
 Every change of a stock level is a conditional UPDATE checked by row count, and writes its
-ledger rows in the same transaction. `StockChanged` / `StockLow` are announced only after
-the commit returned (`inventory.events`). One unit of work each:
+ledger rows in the same transaction. A change that can lower availability locks the SKU's
+level rows first and records `StockLow` in the outbox before its commit; `StockChanged` is
+announced on the in-process bus after the commit returned (`inventory.events`). One unit
+of work each:
 
 __init__.py      InventoryService: the use cases, their retries and announcements
 reservations.py  one attempt of each reservation change (reserve, commit, release, expire)
@@ -26,8 +28,10 @@ from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.domain import (
     DEFAULT_LOW_STOCK_THRESHOLD,
     Discrepancy,
+    InsufficientStock,
     Movement,
     MovementKind,
+    Shortage,
     SkuNotFound,
     SkuStock,
     StaleStock,
@@ -47,6 +51,7 @@ from ironcart.inventory.events import (
     LowStockGauge,
     StockAnnouncer,
     low_stock_gauge,
+    record_low_stock,
 )
 from ironcart.inventory.repository import InventoryUnitOfWork
 from ironcart.inventory.service.reservations import Lost, ReservationAttempts, threshold_of
@@ -76,13 +81,14 @@ class InventoryService:
         clock: Callable[[], datetime] = _now,
         gauge: LowStockGauge = low_stock_gauge,
         max_attempts: int = MAX_ATTEMPTS,
+        outbox_written: Callable[[], None] = lambda: None,
     ) -> None:
         self._uow = uow_factory
         self._clock = clock
         self._max_attempts = max_attempts
         self._reservations = ReservationAttempts(uow_factory, clock)
         self._tcc = TccAttempts(uow_factory, clock)
-        self._announcer = StockAnnouncer(bus, self._available, gauge)
+        self._announcer = StockAnnouncer(bus, self._available, gauge, outbox_written=outbox_written)
 
     # -- warehouses -------------------------------------------------------------------------
 
@@ -110,6 +116,7 @@ class InventoryService:
         """Rename, re-prioritise or (de)activate a warehouse; announces changed availability."""
         moves: list[AvailabilityMove] = []
         async with self._uow() as uow:
+            await uow.read_committed()
             current = await uow.warehouses.get_by_code(code)
             if current is None:
                 raise WarehouseNotFound(f"No warehouse with code {code!r}.")
@@ -120,18 +127,31 @@ class InventoryService:
                 current.priority if priority is None else priority,
                 current.active if active is None else active,
             )
+            switched = updated.active != current.active
+            # (De)activating moves the availability of every SKU stocked here: their levels
+            # here are locked first, like every stock change (see `events.record_low_stock`).
+            units = await uow.stock.available_at(current.id, lock=True) if switched else {}
             await uow.warehouses.update(updated, now=self._clock())
-            if updated.active != current.active:
-                sign = 1 if updated.active else -1
-                thresholds = await uow.stock.thresholds_at(current.id)
-                moves = [
-                    AvailabilityMove(sku, sign * units, limit, limit)
-                    for sku, units in (await uow.stock.available_at(current.id)).items()
-                    for limit in [thresholds.get(sku, DEFAULT_LOW_STOCK_THRESHOLD)]
-                ]
+            if switched:
+                moves = await self._warehouse_moves(uow, current.id, units, updated.active)
             await uow.commit()
         await self._announcer.announce(moves)
         return updated
+
+    async def _warehouse_moves(
+        self, uow: InventoryUnitOfWork, warehouse_id: str, units: Mapping[str, int], active: bool
+    ) -> list[AvailabilityMove]:
+        """The SKUs of a warehouse that was (de)activated: their units come or go at once."""
+        sign = 1 if active else -1
+        thresholds = await uow.stock.thresholds_at(warehouse_id)
+        moves = [
+            AvailabilityMove(sku, sign * count, limit, limit)
+            for sku, count in units.items()
+            for limit in [thresholds.get(sku, DEFAULT_LOW_STOCK_THRESHOLD)]
+        ]
+        return await record_low_stock(
+            uow, moves, read=lambda _skus: uow.stock.available_of_skus_at(warehouse_id)
+        )
 
     async def deactivate_warehouse(self, *, code: str) -> None:
         """Stop selling from a warehouse; its levels, ledger and existing holds stay."""
@@ -179,6 +199,8 @@ class InventoryService:
         """
         check_sku(sku)
         async with self._uow() as uow:
+            await uow.read_committed()
+            await uow.stock.lock_levels([sku])  # see `events.record_low_stock`
             current = await uow.stock.get(sku)
             if current.version != expected_version:
                 raise StaleStock(STALE)
@@ -186,10 +208,12 @@ class InventoryService:
             await self._set_threshold(uow, sku, low_stock_threshold)
             await uow.movements.append(entries, now=self._clock())
             updated = await uow.stock.get(sku)
+            move = AvailabilityMove(
+                sku, delta, updated.low_stock_threshold, current.low_stock_threshold
+            )
+            moves = await record_low_stock(uow, [move])
             await uow.commit()
-        await self._announcer.announce(
-            [AvailabilityMove(sku, delta, updated.low_stock_threshold, current.low_stock_threshold)]
-        )
+        await self._announcer.announce(moves)
         return updated
 
     async def adjust(
@@ -259,9 +283,10 @@ class InventoryService:
         Spreading rule (`domain.plan_allocation`): active warehouses by priority (lower
         first), then most available stock; a warehouse gives what it has and the rest comes
         from the next, so a reservation may be split into one line per warehouse. Each line
-        is one conditional UPDATE (`on_hand - reserved >= q`); if one loses a race, the whole
-        transaction rolls back and is planned again on fresh numbers. `InsufficientStock`
-        when the active warehouses together have less than `quantity`.
+        is one conditional UPDATE (`on_hand - reserved >= q`) on the SKU's level rows, locked
+        in warehouse-id order after a lock-free check for a visibly short SKU; should one
+        still lose, the whole transaction rolls back and is planned again on fresh numbers.
+        `InsufficientStock` when the active warehouses together have less than `quantity`.
         """
         check_sku(sku)
         check_reservation_request(quantity=quantity, owner=owner, ttl_seconds=ttl_seconds)
@@ -338,6 +363,22 @@ class InventoryService:
         check_xid(xid)
         await self._announcer.announce(await self._retrying(lambda: self._tcc.cancel(xid)))
 
+    async def check_available(self, *, lines: Sequence[tuple[str, int]]) -> None:
+        """`InsufficientStock` (every short SKU) when the lines cannot be held right now.
+
+        A plain read, no lock: it refuses a sold-out item at once, before a checkout writes
+        anything; the reservation (`try_reserve`) still decides.
+        """
+        wanted = merge_lines(lines)
+        available = await self._available([sku for sku, _ in wanted])
+        short = [
+            Shortage(sku, quantity, available.get(sku, 0))
+            for sku, quantity in wanted
+            if available.get(sku, 0) < quantity
+        ]
+        if short:
+            raise InsufficientStock.of(short)
+
     async def return_sale(self, *, xid: str) -> None:
         """Put back what checkout `xid` sold (its paid order was cancelled); once, idempotent."""
         check_xid(xid)
@@ -375,6 +416,13 @@ class InventoryService:
         if delta > 0:
             await self._ensure_level(sku, warehouse.id)
         async with self._uow() as uow:
+            await uow.read_committed()
+            if delta < 0:  # locked, see `events.record_low_stock`; active as of the lock
+                locked = await uow.stock.lock_levels([sku])
+                warehouse = next(
+                    (level.warehouse for level in locked if level.warehouse.id == warehouse.id),
+                    warehouse,
+                )
             threshold = await threshold_of(uow, sku)
             now = self._clock()
             if not await uow.stock.add_on_hand(sku, warehouse.id, delta, now=now):
@@ -383,9 +431,12 @@ class InventoryService:
                 )
             entry = Movement(sku, warehouse.id, kind, delta, 0, reference, reason)
             await uow.movements.append([entry], now=now)
+            moved = delta if warehouse.active else 0
+            moves = await record_low_stock(
+                uow, [AvailabilityMove(sku, moved, threshold, threshold)]
+            )
             await uow.commit()
-        moved = delta if warehouse.active else 0
-        await self._announcer.announce([AvailabilityMove(sku, moved, threshold, threshold)])
+        await self._announcer.announce(moves)
 
     async def _ensure_level(self, sku: str, warehouse_id: str) -> None:
         """Create the empty level row in its own transaction (losing an insert race is fine)."""

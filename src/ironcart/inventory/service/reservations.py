@@ -26,7 +26,7 @@ from ironcart.inventory.domain import (
     plan_allocation,
     release_outcome,
 )
-from ironcart.inventory.events import AvailabilityMove
+from ironcart.inventory.events import AvailabilityMove, record_low_stock
 from ironcart.inventory.repository import InventoryUnitOfWork
 
 _log = structlog.get_logger("ironcart.inventory")
@@ -50,14 +50,19 @@ class ReservationAttempts:
         self, sku: str, quantity: int, owner: str, ttl_seconds: int
     ) -> tuple[Reservation, AvailabilityMove] | Lost:
         async with self._uow() as uow:
-            levels = await uow.stock.levels(sku, active_only=True)
+            await uow.read_committed()
+            # Visibly short (a sold-out SKU under a crowd): refuse without queueing for locks.
+            plan_allocation(
+                sku=sku, quantity=quantity, levels=await uow.stock.levels(sku, active_only=True)
+            )
+            # The SKU's level rows locked: the plan holds, and the availability read after the
+            # change (`record_low_stock`) is exact, so the crossing records `StockLow` once.
+            levels = await uow.stock.lock_levels([sku])
             plan = plan_allocation(sku=sku, quantity=quantity, levels=levels)
             threshold = await threshold_of(uow, sku)
             now = self._clock()
             expires_at = now + timedelta(seconds=ttl_seconds)
             reservation = Reservation(str(uuid.uuid4()), sku, quantity, owner, expires_at)
-            # Stock rows first: a lost race costs one statement. (A deadlock with the expiry
-            # job's index locks on MariaDB is detected by the server and retried by `_retrying`.)
             for line in plan:
                 if not await uow.stock.reserve(sku, line.warehouse_id, line.quantity, now=now):
                     return LOST
@@ -67,8 +72,11 @@ class ReservationAttempts:
                 MovementKind.RESERVATION, sku=sku, lines=plan, reservation_id=reservation.id
             )
             await uow.movements.append(entries, now=now)
+            moves = await record_low_stock(
+                uow, [AvailabilityMove(sku, -quantity, threshold, threshold)]
+            )
             await uow.commit()
-        return reservation, AvailabilityMove(sku, -quantity, threshold, threshold)
+        return reservation, moves[0]
 
     async def commit(self, reservation_id: str) -> Lost | None:
         async with self._uow() as uow:

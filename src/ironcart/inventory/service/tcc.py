@@ -8,7 +8,9 @@ per SKU.
 Lock order, the same in every stock change: fence row, then reservation rows, then level
 rows in (sku, warehouse_id) order (`SELECT ... FOR UPDATE` where a plan depends on them).
 Every step runs at READ COMMITTED (`InventoryUnitOfWork.read_committed`), so its reads see
-what racing steps committed and MariaDB takes no gap locks on missing fence keys.
+what racing steps committed and MariaDB takes no gap locks on missing fence keys. A try,
+and a confirm that takes expired units again, record `StockLow` in the outbox before their
+commit, under those level locks (`events.record_low_stock`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ironcart.inventory.domain import (
     plan_lines,
     tcc_owner,
 )
-from ironcart.inventory.events import AvailabilityMove
+from ironcart.inventory.events import AvailabilityMove, record_low_stock
 from ironcart.inventory.repository import InventoryUnitOfWork
 from ironcart.inventory.service.reservations import LOST, Lost, availability_moves, unreserve
 
@@ -80,8 +82,11 @@ class TccAttempts:
             if not await _hold(uow, held, plans, now):
                 return LOST
             thresholds = await uow.stock.thresholds([sku for sku, _ in lines])
+            moves = await record_low_stock(
+                uow, availability_moves({sku: -quantity for sku, quantity in lines}, thresholds)
+            )
             await uow.commit()
-        return held, availability_moves({sku: -quantity for sku, quantity in lines}, thresholds)
+        return held, moves
 
     async def confirm(self, xid: str) -> list[AvailabilityMove] | Lost:
         """Sell every reservation of the try (see `domain.confirm_step` for expired ones)."""
@@ -213,7 +218,10 @@ class TccAttempts:
             sold.append((record, plan))
         await uow.movements.append(entries, now=now)
         thresholds = await uow.stock.thresholds([record.sku for record in retaken])
-        return availability_moves({record.sku: -record.quantity for record in retaken}, thresholds)
+        return await record_low_stock(
+            uow,
+            availability_moves({record.sku: -record.quantity for record in retaken}, thresholds),
+        )
 
 
 async def _hold(

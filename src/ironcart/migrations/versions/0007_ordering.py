@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(length=36), nullable=False),
         sa.Column("idempotency_key", sa.String(length=200), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("claim_token", sa.String(length=36), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("order_id", sa.String(length=36), nullable=True),
         sa.Column("response_status", sa.Integer(), nullable=True),
@@ -60,6 +61,7 @@ def upgrade() -> None:
         sa.Column("shipping_address", sa.LargeBinary(), nullable=False),
         sa.Column("xid", sa.String(length=64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("compensation_pending", sa.Boolean(), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ordering_orders")),
@@ -67,6 +69,12 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_ordering_orders_created_at_id", "ordering_orders", ["created_at", "id"], unique=False
+    )
+    op.create_index(
+        "ix_ordering_orders_compensation_pending_updated_at",
+        "ordering_orders",
+        ["compensation_pending", "updated_at"],
+        unique=False,
     )
     op.create_index(
         "ix_ordering_orders_customer_id_created_at_id",
@@ -158,6 +166,9 @@ def downgrade() -> None:
     op.drop_index("ix_ordering_orders_status_created_at", table_name="ordering_orders")
     op.drop_index("ix_ordering_orders_customer_id_created_at_id", table_name="ordering_orders")
     op.drop_index("ix_ordering_orders_created_at_id", table_name="ordering_orders")
+    op.drop_index(
+        "ix_ordering_orders_compensation_pending_updated_at", table_name="ordering_orders"
+    )
     op.drop_table("ordering_orders")
     op.drop_index(
         op.f("ix_ordering_idempotency_keys_expires_at"), table_name="ordering_idempotency_keys"
