@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs beyond the project's own dependencies:
-#   Debian packages wrk (load generator) and nginx (the static HTTP ceiling), and py-spy
+#   Debian packages wrk (load generator), nginx (the static HTTP ceiling) and pgbench, and py-spy
 #   when a profile is asked for. (granian, the second ASGI server tried, is a pinned
 #   project dependency: `ironcart serve --server granian`.)
 # Idempotent: does nothing when everything is already there. Needs root (or sudo) for apt-get.
@@ -11,6 +11,9 @@ PY="${BENCH_PYTHON:-.venv/bin/python}"
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# pgbench (the order-write ceiling of the checkout cases) ships with Debian's PostgreSQL server
+# package; the benchmark's PostgreSQL normally brings it already.
+command -v pgbench >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -11,6 +11,12 @@ Knobs (environment):
   BENCH_WARMUP=3         unrecorded seconds of load before each case (0: none)
   BENCH_CASES=a,h        run only these cases (keys in bench/cases.py)
   BENCH_IRONCART_WORKERS=2,3   worker counts tried for IronCart (the fastest is kept)
+  BENCH_CHECKOUT_DURATION=30   seconds per checkout / pgbench run (default: 2 x BENCH_DURATION)
+  BENCH_CHECKOUT_WORKERS=1,2,3 worker counts tried for the checkout cases (with the sandbox PSP)
+  BENCH_CHECKOUT_SERVERS=uvicorn,granian   ASGI servers tried for them (the fastest is kept)
+  BENCH_CHECKOUT_ENV=K=V,...   extra IronCart settings for the checkout server (experiments,
+                         e.g. IRONCART_ORDERING__MAX_CONCURRENT_CHECKOUTS=16)
+  BENCH_PSP_WEBHOOKS=1   the sandbox PSP sends its webhooks to the app (0: none)
   BENCH_RAW_SERVERS=uvicorn,granian   ASGI servers tried for the raw app (BENCH_RAW_WORKERS=2)
   BENCH_PROFILE=1        also record a py-spy flamegraph of one extra run of
   BENCH_PROFILE_CASE=m   this case (or cases: m,h) into docs/profiles/ (py-spy: bench/install.sh)
@@ -52,11 +58,12 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cases import CASES, REFERENCES, VARIANT_CASE, Case
+from cases import CASES, CHECKOUT_REFERENCE, REFERENCES, VARIANT_CASE, Case
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -70,6 +77,10 @@ RAW_ITEMS = 100_000
 RAW_POOL_SIZE = 10  # asyncpg connections per raw worker
 BENCH_PRODUCTS = int(os.environ.get("BENCH_PRODUCTS", "100000"))
 IRONCART_POOL_SIZE = 10  # IronCart's default IRONCART_DATABASE_POOL_SIZE (it may overflow x2)
+
+
+def _buyer_email(index: int) -> str:
+    return f"bench-buyer-{index:03d}@ironcart.example"
 
 
 class BenchError(Exception):
@@ -118,6 +129,25 @@ class Config:
         default_factory=lambda: _env_list("BENCH_RAW_SERVERS", "uvicorn,granian")
     )
     raw_workers: int = field(default_factory=lambda: _env_int("BENCH_RAW_WORKERS", 2))
+    checkout_duration: int = field(
+        default_factory=lambda: _env_int(
+            "BENCH_CHECKOUT_DURATION", 2 * _env_int("BENCH_DURATION", 15)
+        )
+    )
+    checkout_workers: list[int] = field(
+        default_factory=lambda: [int(w) for w in _env_list("BENCH_CHECKOUT_WORKERS", "1,2,3")]
+    )
+    checkout_servers: list[str] = field(
+        default_factory=lambda: _env_list("BENCH_CHECKOUT_SERVERS", "uvicorn,granian")
+    )
+    checkout_env: dict[str, str] = field(
+        default_factory=lambda: dict(
+            item.split("=", 1) for item in _env_list("BENCH_CHECKOUT_ENV", "") if "=" in item
+        )
+    )
+    psp_webhooks: bool = field(
+        default_factory=lambda: os.environ.get("BENCH_PSP_WEBHOOKS", "1") not in ("", "0", "false")
+    )
     profile: bool = field(
         default_factory=lambda: os.environ.get("BENCH_PROFILE", "0") not in ("", "0", "false")
     )
@@ -143,7 +173,11 @@ class Config:
 
     @property
     def is_default_length(self) -> bool:
-        return self.duration >= 15 and self.repeats >= 3
+        return self.duration >= 15 and self.repeats >= 3 and self.checkout_duration >= 30
+
+    def duration_of(self, case: Case) -> int:
+        """Seconds of one measured run of `case` (the checkout and pgbench cases run longer)."""
+        return self.duration if case.driver == "wrk" else self.checkout_duration
 
 
 def log(message: str) -> None:
@@ -279,7 +313,7 @@ def _split_database_url(url: str) -> tuple[str, str]:
     return admin, name
 
 
-async def _prepare_database(url: str, fresh: bool) -> str:
+async def _prepare_database(url: str, fresh: bool) -> tuple[str, str]:
     import asyncpg
 
     admin_url, name = _split_database_url(url)
@@ -295,6 +329,13 @@ async def _prepare_database(url: str, fresh: bool) -> str:
             log(f"creating database {name}")
             await admin.execute(f"CREATE DATABASE {quoted}")
         version = str(await admin.fetchval("SHOW server_version"))
+        shown = []
+        for name in (
+            "max_connections", "shared_buffers", "synchronous_commit", "fsync",
+            "wal_level", "checkpoint_timeout", "max_wal_size",
+        ):  # fmt: skip
+            shown.append(f"{name} {await admin.fetchval(f'SHOW {name}')}")
+        settings = ", ".join(shown)
     finally:
         await admin.close()
     conn = await asyncpg.connect(url)
@@ -334,7 +375,7 @@ async def _prepare_database(url: str, fresh: bool) -> str:
             await conn.execute("ANALYZE bench.items")
     finally:
         await conn.close()
-    return version
+    return version, settings
 
 
 # -- wrk ----------------------------------------------------------------------------------------
@@ -352,6 +393,8 @@ class WrkRun:
     socket_errors: int
     raw: str = ""
     other_cpu: float = 0.0  # share of the machine's CPU used by processes not of this benchmark
+    # checkout and pgbench runs: flow latency, CPU split by process, answers by route...
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_wrk(output: str) -> WrkRun:
@@ -416,23 +459,94 @@ def _is_ours(pid: int, comm: str, ppid: int, pgid: int) -> bool:
     )
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
 @contextlib.contextmanager
-def other_cpu_meter() -> Iterator[list[float]]:
-    """Yields a list that gets the share of all cores used meanwhile by other processes."""
-    result: list[float] = []
+def other_cpu_meter(database: str = "") -> Iterator[list[float]]:
+    """Yields a list that gets the share of all cores used meanwhile by other processes.
+
+    With `database`, PostgreSQL backends of other databases count as other processes. Processes
+    that start and end inside the block (a test suite's) are invisible per process: what the
+    machine's cores did in all (/proc/stat) minus what this benchmark's processes did counts
+    as other too, whichever is larger.
+    """
+    with cpu_split_meter({}, database) as split:
+        result: list[float] = []
+        yield result
+    result.append(_other_share(split))
+
+
+_SERVICE_NAMES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
+
+
+_BACKEND_DATABASE = re.compile(rb"^postgres: [^:]+: \S+ (\S+) ")
+
+
+def _postgres_of_other_databases(database: str) -> set[int]:
+    """PostgreSQL backends serving another database than `database` (others' work)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        match = _BACKEND_DATABASE.match(title)
+        if match and match.group(1).decode(errors="replace") != database:
+            found.add(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def cpu_split_meter(groups: dict[int, str], database: str = "") -> Iterator[dict[str, float]]:
+    """Yields a dict that gets the cores used meanwhile, by kind of process.
+
+    `groups` names process groups of this benchmark (the server, the PSP, the load generator;
+    read at the end, so a group started inside the block can be added to it). PostgreSQL and
+    Redis are named by their process name (with `database`, backends of other databases are
+    "other"); the rest of this benchmark is "harness", anything else "other". A process that
+    started and ended inside the block is not seen.
+    """
+    result: dict[str, float] = {}
     before = _cpu_ticks_by_process()
+    machine_before = _machine_ticks()
     started = time.monotonic()
     try:
         yield result
     finally:
         after = _cpu_ticks_by_process()
+        machine_after = _machine_ticks()
         elapsed = time.monotonic() - started
-        ticks = 0
+        foreign = _postgres_of_other_databases(database) if database else set()
+        ticks: dict[str, int] = defaultdict(int)
         for pid, (total, comm, ppid, pgid) in after.items():
-            if not _is_ours(pid, comm, ppid, pgid):
-                ticks += total - before[pid][0] if pid in before else total
-        capacity = elapsed * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
-        result.append(max(0.0, ticks / capacity) if capacity else 0.0)
+            used = total - before[pid][0] if pid in before else total
+            if pgid in groups:
+                kind = groups[pgid]
+            elif pid in foreign:
+                kind = "other"
+            elif comm in _SERVICE_NAMES:
+                kind = _SERVICE_NAMES[comm]
+            elif _is_ours(pid, comm, ppid, pgid):
+                kind = "harness"
+            else:
+                kind = "other"
+            ticks[kind] += used
+        hertz = os.sysconf("SC_CLK_TCK")
+        for kind, used in ticks.items():
+            result[kind] = used / hertz / elapsed if elapsed else 0.0
+        cpus = os.cpu_count() or 1
+        busy, total = (a - b for a, b in zip(machine_after, machine_before, strict=True))
+        machine_busy = cpus * busy / total if total else 0.0
+        seen = sum(cores for kind, cores in result.items() if kind != "other")
+        result["other"] = max(result.get("other", 0.0), machine_busy - seen)
 
 
 def wait_for_quiet(limit_seconds: int) -> None:
@@ -477,7 +591,7 @@ def run_wrk(
     for name, value in prepared.headers:
         argv += ["-H", f"{name}: {value}"]
     argv.append(prepared.url)
-    with other_cpu_meter() as other_cpu:
+    with other_cpu_meter(_database_name(config.database_url)) as other_cpu:
         result = subprocess.run(  # noqa: S603 - argv built here from fixed parts
             argv,
             env={**os.environ, **prepared.env},
@@ -493,6 +607,185 @@ def run_wrk(
     return run
 
 
+def _window_open(procs: Processes, name: str, offset: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the load generator's "window open" line (its setup done, the clock running)."""
+    deadline = time.monotonic() + 120
+    path = procs.log_path(name)
+    while b"window open" not in path.read_bytes()[offset:]:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with status {proc.returncode}:\n{procs.tail(name)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} did not start its window in 120 s:\n{procs.tail(name)}")
+        time.sleep(0.02)
+
+
+def _database_name(url: str) -> str:
+    return urllib.parse.urlsplit(url).path.lstrip("/")
+
+
+_PG_COUNTERS = (
+    "xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted", "tup_fetched",
+)  # fmt: skip
+
+
+def pg_counters(url: str) -> dict[str, int]:
+    """The bench database's cumulative counters (transactions, rows) from pg_stat_database."""
+
+    async def read() -> dict[str, int]:
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            row = await connection.fetchrow(
+                f"SELECT {', '.join(_PG_COUNTERS)} FROM pg_stat_database "  # noqa: S608 - fixed names
+                "WHERE datname = current_database()"
+            )
+        finally:
+            await connection.close()
+        return {name: int(row[name] or 0) for name in _PG_COUNTERS}
+
+    return asyncio.run(read())
+
+
+def _other_share(split: dict[str, float]) -> float:
+    return split.get("other", 0.0) / (os.cpu_count() or 1)
+
+
+def run_checkout(bench: Bench, prepared: Prepared, running: Running, *, duration: int) -> WrkRun:
+    """One run of bench/checkout_load.py (its own process); CPU split measured over its window."""
+    assert running.proc is not None  # noqa: S101 - the checkout server runs
+    name = "checkout-load"
+    output = bench.workdir / f"checkout-{time.monotonic_ns()}.json"
+    argv = [
+        str(BIN / "python"), str(BENCH_DIR / "checkout_load.py"),
+        "--base-url", running.base_url, "--buyers", prepared.env["BENCH_BUYERS"],
+        "--skus", prepared.env["BENCH_SKUS"], "--duration", str(duration),
+        "--output", str(output),
+    ]  # fmt: skip
+    log_path = bench.procs.log_path(name)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = bench.procs.start(name, argv, env=dict(os.environ))
+    groups = {running.proc.pid: "app", proc.pid: "load generator"}
+    groups.update({companion.pid: "PSP" for companion in running.companions})
+    database = _database_name(bench.config.database_url)
+    try:
+        _window_open(bench.procs, name, offset, proc)
+        counters = pg_counters(bench.config.database_url)
+        with cpu_split_meter(groups, database) as split:
+            time.sleep(duration)
+        after = pg_counters(bench.config.database_url)
+        proc.wait(timeout=90)  # the generator gives in-flight flows 30 s, then stops
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{name} did not finish:\n{bench.procs.tail(name)}") from None
+    finally:
+        bench.procs.stop(proc)
+    if proc.returncode != 0 or not output.exists():
+        raise BenchError(f"{name} failed ({proc.returncode}):\n{bench.procs.tail(name)}")
+    data = json.loads(output.read_text())
+    paid = max(1, data["paid"])
+    data["db_per_order"] = {name: (after[name] - counters[name]) / paid for name in _PG_COUNTERS}
+    nan = float("nan")
+    return WrkRun(
+        rps=data["orders_per_s"],
+        requests=data["requests"],
+        p50_ms=data["order_p50_ms"] if data["order_p50_ms"] is not None else nan,
+        p99_ms=data["order_p99_ms"] if data["order_p99_ms"] is not None else nan,
+        non2xx=data["non2xx"],
+        socket_errors=data["socket_errors"],
+        raw=json.dumps(data),
+        other_cpu=_other_share(split),
+        extra={**data, "cpu_split": dict(split)},
+    )
+
+
+def run_pgbench(bench: Bench, case: Case, prepared: Prepared, *, duration: int) -> WrkRun:
+    """One pgbench run of the case's script; latency percentiles from its per-transaction log."""
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        raise BenchError("pgbench is not installed: run bench/install.sh (make bench does)")
+    name = f"pgbench-{case.key}"
+    logs = Path(tempfile.mkdtemp(prefix="pgbench-", dir=bench.workdir))
+    argv = [
+        pgbench, "--no-vacuum", "--protocol=prepared", f"--client={case.clients}",
+        f"--jobs={min(case.clients, os.cpu_count() or 1)}", f"--time={duration}",
+        f"--file={prepared.env['BENCH_PGBENCH_SCRIPT']}", "--log", f"--log-prefix={logs}/txn",
+        bench.config.database_url,
+    ]  # fmt: skip
+    log_path = bench.procs.log_path(name)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = bench.procs.start(name, argv, env=dict(os.environ), cwd=logs)
+    try:
+        # Measured while pgbench and its backends run: a process gone by the end is not seen.
+        time.sleep(min(1.0, duration / 4))
+        with cpu_split_meter(
+            {proc.pid: "pgbench"}, _database_name(bench.config.database_url)
+        ) as split:
+            time.sleep(max(0.5, duration - 2 * min(1.0, duration / 4)))
+        proc.wait(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{name} did not finish:\n{bench.procs.tail(name)}") from None
+    finally:
+        bench.procs.stop(proc)
+    output = log_path.read_bytes()[offset:].decode(errors="replace")
+    tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", output, re.M)
+    done = re.search(r"^number of transactions actually processed: (\d+)", output, re.M)
+    failed = re.search(r"^number of failed transactions: (\d+)", output, re.M)
+    if proc.returncode != 0 or tps is None or done is None:
+        raise BenchError(f"pgbench failed ({proc.returncode}):\n{output[-3000:]}")
+    latencies = sorted(
+        int(fields[2]) / 1000
+        for path in logs.iterdir()
+        for fields in (line.split() for line in path.read_text().splitlines())
+        if len(fields) > 2 and fields[2].isdigit()  # "failed" / "skipped" have no latency
+    )
+    shutil.rmtree(logs, ignore_errors=True)
+
+    def pct(share: float) -> float:
+        if not latencies:
+            return float("nan")
+        return latencies[max(0, min(len(latencies) - 1, round(share * len(latencies) + 0.5) - 1))]
+
+    return WrkRun(
+        rps=float(tps.group(1)),
+        requests=int(done.group(1)),
+        p50_ms=pct(0.50),
+        p99_ms=pct(0.99),
+        non2xx=int(failed.group(1)) if failed else 0,
+        socket_errors=0,
+        raw=output,
+        other_cpu=_other_share(split),
+        extra={"cpu_split": dict(split)},
+    )
+
+
+def _cpu_text(split: dict[str, float]) -> str:
+    order = ["app", "PSP", "PostgreSQL", "Redis", "load generator", "pgbench", "harness", "other"]
+    shown = [(kind, split[kind]) for kind in order if split.get(kind, 0.0) >= 0.005]
+    return ", ".join(f"{kind} {cores:.2f}" for kind, cores in shown)
+
+
+def _run_details(run: WrkRun) -> str:
+    extra = run.extra
+    parts = []
+    if "flow_p50_ms" in extra:
+        flow50, flow99 = extra["flow_p50_ms"], extra["flow_p99_ms"]
+        parts.append(
+            f"flow p50 {flow50 or 0:.1f} ms p99 {flow99 or 0:.1f} ms, "
+            f"{extra['requests_per_s']:,.0f} HTTP req/s, load generator "
+            f"{extra['cpu_cores']:.2f} cores"
+        )
+    parts.append("CPU cores: " + _cpu_text(extra.get("cpu_split", {})))
+    if "db_per_order" in extra:
+        db = extra["db_per_order"]
+        parts.append(
+            f"per paid order {db['xact_commit'] + db['xact_rollback']:.0f} DB transactions, "
+            f"{db['tup_inserted'] + db['tup_updated'] + db['tup_deleted']:.0f} rows written"
+        )
+    if extra.get("error_samples"):
+        parts.append("e.g. " + " | ".join(extra["error_samples"][:2]))
+    return "; ".join(parts)
+
+
 # -- servers ------------------------------------------------------------------------------------
 
 
@@ -500,7 +793,10 @@ def run_wrk(
 class Running:
     variant: Variant
     base_url: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: nothing to serve (pgbench talks to PostgreSQL)
+    # Processes started with the server and stopped with it (the sandbox PSP).
+    companions: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_name: str = ""  # the server's log in the work dir (Processes.log_path)
 
 
 @dataclass
@@ -523,7 +819,10 @@ class Bench:
         self.secret_key = secrets.token_urlsafe(48)
         self.notes: list[str] = []
         self._registered = False
+        self._buyers = 0  # buyer accounts registered so far (checkout cases)
+        self.ironcart_prepared = False
         self.postgres_version = "?"
+        self.postgres_settings = "?"
         self.source = ROOT / "src"
         self.commit = ""
 
@@ -541,7 +840,16 @@ class Bench:
                 text=True,
                 check=False,
             ).stdout.strip()
-            self.commit += " + uncommitted changes in src/ (working tree)" if dirty else ""
+            if dirty:
+                # Others may edit the tree during a long run: every process serves one copy.
+                target = self.workdir / "source-worktree" / "src"
+                shutil.copytree(
+                    ROOT / "src", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                )
+                self.source = target
+                stamp = dt.datetime.now(dt.UTC).strftime("%H:%M UTC")
+                self.commit += f" + uncommitted changes in src/ (working tree copied at {stamp})"
+                log(f"serving IronCart from a copy of the working tree's src/ in {target}")
             return
         resolved = subprocess.run(  # noqa: S603
             [*git, "rev-parse", "--verify", "--short", f"{ref}^{{commit}}"],
@@ -614,7 +922,7 @@ http {{
         proc = self.procs.start("nginx", argv, env=dict(os.environ))
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/static.json", proc, self.procs, "nginx")
-        return Running(variant, base, proc)
+        return Running(variant, base, proc, log_name="nginx")
 
     # raw ASGI ------------------------------------------------------------------------------
 
@@ -673,7 +981,7 @@ http {{
         proc = self.procs.start(name, argv, env=env, cwd=BENCH_DIR)
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/items/1", proc, self.procs, name)
-        return Running(variant, base, proc)
+        return Running(variant, base, proc, log_name=name)
 
     # IronCart ------------------------------------------------------------------------------
 
@@ -690,7 +998,7 @@ http {{
             IRONCART_SECRET_KEY=self.secret_key,
             IRONCART_LOG_LEVEL="warning",
         )
-        if self.config.ref:
+        if self.source != ROOT / "src":
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(self.source), os.environ.get("PYTHONPATH", "")) if p
             )
@@ -717,9 +1025,15 @@ http {{
                 )
 
     def start_ironcart(
-        self, variant: Variant, workers: int, server: str = "uvicorn", **extra: str
+        self,
+        variant: Variant,
+        workers: int,
+        server: str = "uvicorn",
+        *,
+        port: int | None = None,
+        **extra: str,
     ) -> Running:
-        port = free_port()
+        port = port or free_port()
         metrics = self.workdir / f"metrics-{workers}-{port}"
         metrics.mkdir()
         env = self.ironcart_env(
@@ -735,7 +1049,81 @@ http {{
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/healthz", proc, self.procs, name)
         time.sleep(1.0)  # every worker runs its lifespan; the first answer is from one of them
-        return Running(variant, base, proc)
+        return Running(variant, base, proc, log_name=name)
+
+    def start_checkout(self, variant: Variant, workers: int, server: str) -> Running:
+        """The sandbox PSP (its own process, a fresh store) and IronCart configured to use it."""
+        app_port, psp_port = free_port(), free_port()
+        while psp_port == app_port:
+            psp_port = free_port()
+        api_key = "sk_test_bench_" + secrets.token_hex(12)
+        webhook_secret = "whsec_bench_" + secrets.token_hex(16)
+        argv = [
+            str(BIN / "ironcart"), "sandbox-psp", "--host", "127.0.0.1", "--port", str(psp_port),
+            "--store", str(self.workdir / f"sandbox-psp-{psp_port}.db"),
+            "--api-key", api_key, "--webhook-secret", webhook_secret, "--log-level", "warning",
+        ]  # fmt: skip
+        if self.config.psp_webhooks:
+            webhooks = f"http://127.0.0.1:{app_port}/api/v1/payments/webhooks/sandbox"
+            argv += ["--webhook-url", webhooks]
+        psp = self.procs.start("sandbox-psp", argv, env=self.ironcart_env())
+        try:
+            health = f"http://127.0.0.1:{psp_port}/_sandbox/health"
+            wait_ready(health, psp, self.procs, "sandbox-psp")
+            running = self.start_ironcart(
+                variant,
+                workers,
+                server,
+                port=app_port,
+                IRONCART_PAYMENTS__PSP_URL=f"http://127.0.0.1:{psp_port}",
+                IRONCART_PAYMENTS__PSP_API_KEY=api_key,
+                IRONCART_PAYMENTS__WEBHOOK_SECRET=webhook_secret,
+                # 32 buyers register and log in from 127.0.0.1 before each case: the per-IP
+                # limits of those two routes (not measured) would turn them away.
+                IRONCART_IDENTITY__REGISTRATIONS_PER_IP_PER_HOUR="1000000",
+                IRONCART_IDENTITY__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE="1000000",
+                **self.config.checkout_env,
+            )
+        except BaseException:
+            self.procs.stop(psp)
+            raise
+        running.companions.append(psp)
+        return running
+
+    def buyer_tokens(self, base_url: str, count: int) -> list[str]:
+        """`count` customer accounts (registered once a run, through the API), each logged in."""
+
+        def register(index: int) -> None:
+            body = json.dumps(
+                {"email": _buyer_email(index), "password": BENCH_PASSWORD, "name": f"Buyer {index}"}
+            ).encode()
+            status, answer = self._post_waiting_out_429(
+                base_url + "/api/v1/auth/register", body, "application/json"
+            )
+            if status not in (201, 409):  # 409: registered by an earlier case of this run
+                raise BenchError(f"registering buyer {index}: HTTP {status}: {answer[:300]!r}")
+
+        def login(index: int) -> str:
+            form = urllib.parse.urlencode(
+                {
+                    "grant_type": "password",
+                    "username": _buyer_email(index),
+                    "password": BENCH_PASSWORD,
+                }
+            ).encode()
+            status, answer = self._post_waiting_out_429(
+                base_url + "/api/v1/auth/token", form, "application/x-www-form-urlencoded"
+            )
+            if status != 200:
+                raise BenchError(f"logging buyer {index} in: HTTP {status}: {answer[:300]!r}")
+            token: str = json.loads(answer)["access_token"]
+            return token
+
+        # Argon2 hashing makes each call take tens of milliseconds: a few at a time.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(register, range(self._buyers, count)))
+            self._buyers = max(self._buyers, count)
+            return list(pool.map(login, range(count)))
 
     def bearer_token(self, base_url: str) -> str:
         """Register the bench user through the API (once a run) and log it in: an access token.
@@ -782,6 +1170,12 @@ http {{
                 time.sleep(wait + 1)
         return 429, answer
 
+    def stop_running(self, running: Running) -> None:
+        """Stop a server and the processes started with it (the server first: it calls them)."""
+        for proc in [running.proc, *running.companions]:
+            if proc is not None:
+                self.procs.stop(proc)
+
     # variants ------------------------------------------------------------------------------
 
     def variants(self, server: str) -> list[Variant]:
@@ -800,6 +1194,20 @@ http {{
                 for name in self.config.ironcart_servers
                 for w in self.config.ironcart_workers
             ]
+        if server == "ironcart-checkout":
+            return [
+                self._checkout_variant(w, name)
+                for name in self.config.checkout_servers
+                for w in self.config.checkout_workers
+            ]
+        if server == "pgbench":
+            pgbench = Variant(
+                "pgbench",
+                f"pgbench -M prepared, PostgreSQL {self.postgres_version.split()[0]}",
+                lambda: Running(pgbench, self.config.database_url, None),
+                python=False,
+            )
+            return [pgbench]
         if server == "ironcart-nocache":
             # The worker count chosen for "ironcart", with the catalog's response cache off:
             # every product page and search is read from PostgreSQL.
@@ -820,6 +1228,17 @@ http {{
 
     def _raw_variant(self, label: str, name: str) -> Variant:
         variant = Variant("raw", label, lambda: self.start_raw(variant, name))
+        return variant
+
+    def _checkout_variant(self, workers: int, name: str) -> Variant:
+        label = f"ironcart serve ({name}), {workers} worker{'s' if workers > 1 else ''} + PSP"
+        variant = Variant(
+            "ironcart-checkout",
+            label,
+            lambda: self.start_checkout(variant, workers, name),
+            workers=workers,
+            http_server=name,
+        )
         return variant
 
     def _ironcart_variant(self, workers: int, name: str) -> Variant:
@@ -901,6 +1320,19 @@ class CaseResult:
     def requests(self) -> int:
         return sum(r.requests for r in self.runs)
 
+    def median_extra(self, key: str) -> float:
+        """Median over the runs of a number in their `extra` (NaN when none has it)."""
+        values = [r.extra[key] for r in self.runs if r.extra.get(key) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    def median_cpu(self) -> dict[str, float]:
+        """Median over the runs of the cores each kind of process used."""
+        kinds = {kind for r in self.runs for kind in r.extra.get("cpu_split", {})}
+        return {
+            kind: statistics.median(r.extra.get("cpu_split", {}).get(kind, 0.0) for r in self.runs)
+            for kind in kinds
+        }
+
     @property
     def non2xx(self) -> int:
         return sum(r.non2xx for r in self.runs)
@@ -949,7 +1381,7 @@ class Prepared:
 def prepare_case(bench: Bench, case: Case, running: Running) -> Prepared:
     """Token, setup hook and the 2xx check: what wrk needs to load `case` on `running`."""
     headers = list(case.headers)
-    env = {"BENCH_ITEMS": str(RAW_ITEMS), **case.env}
+    env = {"BENCH_ITEMS": str(RAW_ITEMS), "BENCH_WORKDIR": str(bench.workdir), **case.env}
     token_cache: list[str] = []
 
     def token() -> str:
@@ -960,6 +1392,10 @@ def prepare_case(bench: Bench, case: Case, running: Running) -> Prepared:
     if case.auth:
         headers.append(("Authorization", f"Bearer {token()}"))
         env["BENCH_TOKEN"] = token()
+    if case.driver == "checkout":
+        tokens = bench.buyer_tokens(running.base_url, case.clients)
+        env["BENCH_BUYERS"] = str(bench.workdir / f"buyers-{case.key}.txt")
+        Path(env["BENCH_BUYERS"]).write_text("\n".join(tokens) + "\n")
     if case.setup is not None:
         case.setup(CaseContext(running.base_url, bench.config.database_url, env, token))
     if case.preflight:
@@ -969,27 +1405,43 @@ def prepare_case(bench: Bench, case: Case, running: Running) -> Prepared:
     return Prepared(running.base_url + case.path, headers, env)
 
 
+def run_load(
+    bench: Bench, case: Case, prepared: Prepared, running: Running, duration: int
+) -> WrkRun:
+    """One run of `case`'s load: wrk, the checkout load generator or pgbench."""
+    if case.driver == "checkout":
+        return run_checkout(bench, prepared, running, duration=duration)
+    if case.driver == "pgbench":
+        return run_pgbench(bench, case, prepared, duration=duration)
+    return run_wrk(bench.config, prepared, duration=duration, script=case.script)
+
+
 def measure(bench: Bench, case: Case, running: Running) -> CaseResult:
     config = bench.config
     result = CaseResult(case, running.variant.label)
+    unit = {"checkout": "paid orders/s", "pgbench": "txn/s"}.get(case.driver, "req/s")
     try:
         prepared = prepare_case(bench, case, running)
         if config.warmup:
-            run_wrk(config, prepared, duration=config.warmup, script=case.script)
+            run_load(bench, case, prepared, running, config.warmup)
         for index in range(config.repeats):
             wait_for_quiet(config.quiet_wait)
-            run = run_wrk(config, prepared, duration=config.duration, script=case.script)
+            run = run_load(bench, case, prepared, running, config.duration_of(case))
             result.runs.append(run)
             log(
                 f"  {case.key} [{running.variant.label}] run {index + 1}/{config.repeats}: "
-                f"{run.rps:,.0f} req/s, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
+                f"{run.rps:,.0f} {unit}, p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, "
                 f"non-2xx {run.non2xx}, socket errors {run.socket_errors}, "
                 f"other processes' CPU {run.other_cpu:.0%}"
+                + (f"; {_run_details(run)}" if run.extra else "")
             )
     except BenchError as error:
         result.error = str(error)
     if result.failed:
         log(f"!! case {case.key} ({case.name}) FAILED: {result.failure()}")
+        if running.log_name:  # the work dir and its logs go at the end of the run
+            tail = bench.procs.tail(running.log_name, lines=5)
+            log(f"   last lines of the {running.log_name} log:\n{tail[-3000:]}")
     return result
 
 
@@ -999,7 +1451,7 @@ def measure(bench: Bench, case: Case, running: Running) -> CaseResult:
 def profile(bench: Bench, case: Case, running: Running) -> ProfileResult:
     """One extra, uncounted run of `case` while py-spy records every worker of the server."""
     config = bench.config
-    if not running.variant.python:
+    if not running.variant.python or running.proc is None:
         raise BenchError(f"case {case.key} is served by {running.variant.label}: not Python")
     prepared = prepare_case(bench, case, running)
     py_spy = BIN / "py-spy"
@@ -1009,17 +1461,18 @@ def profile(bench: Bench, case: Case, running: Running) -> ProfileResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
     svg = out_dir / f"{case.key}-{slug}.svg"
+    duration = config.duration_of(case)
     argv = [
         str(py_spy), "record", "--pid", str(running.proc.pid), "--subprocesses",
-        "--rate", "200", "--duration", str(config.duration), "--gil", "--format", "flamegraph",
+        "--rate", "200", "--duration", str(duration), "--gil", "--format", "flamegraph",
         "--output", str(svg),
     ]  # fmt: skip
-    log(f"  profiling {case.key} with py-spy for {config.duration}s -> {svg.relative_to(ROOT)}")
+    log(f"  profiling {case.key} with py-spy for {duration}s -> {svg.relative_to(ROOT)}")
     spy = bench.procs.start(f"py-spy-{case.key}", argv, env=dict(os.environ))
     try:
         time.sleep(1.0)  # let py-spy attach to every worker
-        run = run_wrk(config, prepared, duration=config.duration, script=case.script)
-        spy.wait(timeout=config.duration + 60)
+        run = run_load(bench, case, prepared, running, duration)
+        spy.wait(timeout=duration + 90)
     finally:
         bench.procs.stop(spy)
     if spy.returncode != 0 or not svg.exists():
@@ -1144,9 +1597,10 @@ def run_all(bench: Bench, cases: list[Case]) -> Outcome:
     for server in servers:
         server_cases = [case for case in cases if case.server == server]
         variants = bench.variants(server)
-        if server == "ironcart":
-            log("preparing IronCart: ironcart migrate, ironcart keys rotate")
+        if server.startswith("ironcart") and not bench.ironcart_prepared:
+            log("preparing IronCart: ironcart migrate, ironcart keys rotate, ironcart seed")
             bench.prepare_ironcart()
+            bench.ironcart_prepared = True
         selector = next((c for c in server_cases if c.key == VARIANT_CASE.get(server)), None)
         running: Running | None = None
         try:
@@ -1155,10 +1609,15 @@ def run_all(bench: Bench, cases: list[Case]) -> Outcome:
                 tried: list[CaseResult] = []
                 for variant in variants:
                     log(f"{server}: trying {variant.label} on case {selector.key}")
-                    running = variant.start()
+                    try:
+                        running = variant.start()
+                    except BenchError as error:  # the other variants may still start
+                        log(f"!! {variant.label} did not start: {error}")
+                        tried.append(CaseResult(selector, variant.label, error=str(error)))
+                        continue
                     tried.append(measure(bench, selector, running))
                     if variant is not variants[-1]:
-                        bench.procs.stop(running.proc)
+                        bench.stop_running(running)
                         running = None
                 trials[server] = tried
                 scored = [(r.rps if not r.failed else -1.0, i) for i, r in enumerate(tried)]
@@ -1166,7 +1625,7 @@ def run_all(bench: Bench, cases: list[Case]) -> Outcome:
                 best = variants[best_index]
                 results[selector.key] = tried[best_index]
                 if running is not None and running.variant is not best:
-                    bench.procs.stop(running.proc)
+                    bench.stop_running(running)
                     running = None
             chosen[server] = best.label
             if server == "ironcart":
@@ -1193,7 +1652,7 @@ def run_all(bench: Bench, cases: list[Case]) -> Outcome:
                     log(f"!! profiling failed: {error}")
         finally:
             if running is not None:
-                bench.procs.stop(running.proc)
+                bench.stop_running(running)
     return Outcome(results, trials, chosen)
 
 
@@ -1314,14 +1773,19 @@ def render_report(bench: Bench, cases: list[Case], outcome: Outcome, started: dt
         f"BENCH_REPEATS={config.repeats} BENCH_CONNECTIONS={config.connections} "
         f"(wrk -t{config.threads} -c{config.connections} -d{config.duration}s --latency, "
         f"{config.repeats} run{'s' if config.repeats != 1 else ''} per case, "
-        f"{config.warmup}s unrecorded warm-up)",
+        f"{config.warmup}s unrecorded warm-up)"
+        + (
+            f"; checkout and pgbench cases {config.checkout_duration}s a run "
+            f"(BENCH_CHECKOUT_DURATION)"
+            if any(case.driver != "wrk" for case in cases)
+            else ""
+        ),
         "",
     ]
     if not config.is_default_length:
         lines += [
-            "> **Quick run** (shorter or fewer runs than the default 15 s × 3): a smoke test of "
-            "the "
-            "harness, not numbers to compare.",
+            "> **Quick run** (shorter or fewer runs than the default 15 s × 3, 30 s for "
+            "checkout): a smoke test of the harness, not numbers to compare.",
             "",
         ]
     failed = [r for r in results.values() if r.failed]
@@ -1331,17 +1795,20 @@ def render_report(bench: Bench, cases: list[Case], outcome: Outcome, started: dt
             "",
         ]
     ref_heads = " | ".join(f"÷ {key} ({ref_names[key]})" for key in REFERENCES)
-    lines += [
-        "### Results",
-        "",
-        "| case | what | served by | req/s median (min–max) | p50 | p99 | non-2xx | errors "
-        f"| other CPU | {ref_heads} |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(REFERENCES),
-    ]
-    for case in cases:
-        result = results.get(case.key)
-        if result is None:
-            continue
+    http_cases = [case for case in cases if case.driver == "wrk" and case.key in results]
+    lines += (
+        [
+            "### Results",
+            "",
+            "| case | what | served by | req/s median (min–max) | p50 | p99 | non-2xx | errors "
+            f"| other CPU | {ref_heads} |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(REFERENCES),
+        ]
+        if http_cases
+        else []
+    )
+    for case in http_cases:
+        result = results[case.key]
         target = f"`{case.script}`" if case.script else f"`GET {case.path}`"
         auth = " + bearer token" if case.auth else ""
         spread = (
@@ -1355,15 +1822,18 @@ def render_report(bench: Bench, cases: list[Case], outcome: Outcome, started: dt
             f"{_fmt_ms(result.p50)} | {_fmt_ms(result.p99)} | {result.non2xx} | "
             f"{result.socket_errors} | {result.other_cpu:.0%} | {ratios} |"
         )
-    lines += ["", "Cases:", ""]
-    lines += [f"- **{c.key}** {c.name} — {c.description}." for c in cases if c.key in results]
+    if http_cases:
+        lines += ["", "Cases:", ""]
+        lines += [f"- **{c.key}** {c.name} — {c.description}." for c in http_cases]
+    lines += _checkout_section(bench, [c for c in cases if c.driver != "wrk"], results)
     if outcome.trials:
         lines += [
             "",
             "### Server and worker choice",
             "",
             "Each variant ran the server's selection case with the same method; the fastest "
-            "(median req/s) served the server's other cases.",
+            "(median req/s; for the checkout: paid orders/s, p50 and p99 of the order request) "
+            "served the server's other cases.",
             "",
             "| server | variant | case | req/s median (min–max) | p50 | p99 | non-2xx | other CPU "
             "| kept |",
@@ -1421,6 +1891,8 @@ def render_report(bench: Bench, cases: list[Case], outcome: Outcome, started: dt
         "account registered and logged in through the API (a fresh token for each case).",
         "- Ratios: a case's median req/s divided by the reference's median req/s of the same run.",
     ]
+    if any(case.driver != "wrk" and case.key in results for case in cases):
+        lines += _checkout_method(bench)
     notes = list(bench.notes)
     busy = [*results.values(), *(t for ts in outcome.trials.values() for t in ts)]
     worst = max(busy, key=lambda r: r.other_cpu, default=None)
@@ -1448,14 +1920,207 @@ def render_report(bench: Bench, cases: list[Case], outcome: Outcome, started: dt
     return "\n".join(lines) + "\n"
 
 
+CHECKOUT_TARGET_ORDERS = 200.0  # paid orders/s (issue: checkout throughput)
+CHECKOUT_TARGET_P99_MS = 250.0  # order request
+_CPU_COLUMNS = (
+    "app",
+    "PSP",
+    "PostgreSQL",
+    "Redis",
+    "load generator",
+    "pgbench",
+    "harness",
+    "other",
+)
+
+
+def _checkout_section(bench: Bench, cases: list[Case], results: dict[str, CaseResult]) -> list[str]:
+    """The checkout cases and their pgbench ceiling: throughput, latencies, CPU split, answers."""
+    shown = [case for case in cases if case.key in results]
+    if not shown:
+        return []
+    reference = results.get(CHECKOUT_REFERENCE)
+    lines = [
+        "",
+        "### Checkout",
+        "",
+        f"Headline: paid orders (201) per second; latency of the order request and of the whole "
+        f"flow (cart, add, order) of the paid orders. Target: ≥ {CHECKOUT_TARGET_ORDERS:,.0f} "
+        f"paid orders/s with order p99 < {CHECKOUT_TARGET_P99_MS:,.0f} ms. pgbench rows: "
+        "transactions/s and transaction latency.",
+        "",
+        "| case | served by | orders/s median (min–max) | order p50 | order p99 | flow p50 "
+        f"| flow p99 | HTTP req/s | non-2xx | errors | load generator CPU | ÷ {CHECKOUT_REFERENCE} "
+        "| target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in shown:
+        result = results[case.key]
+        spread = (
+            f"**{_fmt_rps(result.rps)}** ({_fmt_rps(result.rps_min)}–{_fmt_rps(result.rps_max)})"
+            if result.runs
+            else "FAILED"
+        )
+        checkout = case.driver == "checkout"
+        target = "–"
+        if checkout and result.runs:
+            met = result.rps >= CHECKOUT_TARGET_ORDERS and result.p99 < CHECKOUT_TARGET_P99_MS
+            target = "met" if met else "**missed**"
+        loadgen = result.median_extra("cpu_cores")
+        lines.append(
+            f"| {case.key} | {result.variant} | {spread} | {_fmt_ms(result.p50)} | "
+            f"{_fmt_ms(result.p99)} | "
+            + (
+                f"{_fmt_ms(result.median_extra('flow_p50_ms'))} | "
+                f"{_fmt_ms(result.median_extra('flow_p99_ms'))} | "
+                f"{_fmt_rps(result.median_extra('requests_per_s'))} | "
+                if checkout
+                else "– | – | – | "
+            )
+            + f"{result.non2xx} | {result.socket_errors} | "
+            + (f"{loadgen:.2f} cores | " if checkout and loadgen == loadgen else "– | ")
+            + f"{_ratio(result, reference)} | {target} |"
+        )
+    lines += ["", "Cases:", ""]
+    lines += [f"- **{c.key}** {c.name} — {c.description}." for c in shown]
+    cpus = os.cpu_count() or 1
+    lines += [
+        "",
+        f"CPU used during the measured window, in cores of the machine's {cpus} (median over "
+        "the runs; from /proc; `harness` is this script and its other children):",
+        "",
+        "| case | " + " | ".join(_CPU_COLUMNS) + " | idle | CPU ms per order (pgbench: per "
+        "transaction): app / PSP / PostgreSQL |",
+        "|---|" + "---:|" * (len(_CPU_COLUMNS) + 2),
+    ]
+    for case in shown:
+        result = results[case.key]
+        split = result.median_cpu()
+        if not split:
+            continue
+        idle = max(0.0, cpus - sum(split.values()))
+        cells = " | ".join(f"{split.get(kind, 0.0):.2f}" for kind in _CPU_COLUMNS)
+        cost = " / ".join(
+            f"{_cpu_ms_per_unit(result, kind):.1f}" for kind in ("app", "PSP", "PostgreSQL")
+        )
+        lines.append(f"| {case.key} | {cells} | {idle:.2f} | {cost} |")
+    work = [
+        (case.key, _db_work_text(results[case.key])) for case in shown if case.driver == "checkout"
+    ]
+    if any(text for _, text in work):
+        lines += [
+            "",
+            "Database work per paid order (the bench database's pg_stat_database counters over "
+            "the window, divided by the paid orders; the whole flow and the app's background "
+            "jobs, median over the runs):",
+            "",
+        ]
+        lines += [f"- **{key}**: {text}" for key, text in work if text]
+    answers = [
+        (case.key, _answers_text(results[case.key])) for case in shown if case.driver == "checkout"
+    ]
+    if any(text for _, text in answers):
+        lines += ["", "Answers by route and status (all measured runs):", ""]
+        lines += [f"- **{key}**: {text}" for key, text in answers if text]
+    return lines
+
+
+def _checkout_method(bench: Bench) -> list[str]:
+    config = bench.config
+    webhooks = (
+        "sending its webhooks (authorized, captured) to the app as in production"
+        if config.psp_webhooks
+        else "without webhooks (BENCH_PSP_WEBHOOKS=0)"
+    )
+    extra = ", ".join(f"{k}={v}" for k, v in config.checkout_env.items())
+    return [
+        f"- **Checkout** (cases checkout, checkout-hot): the script starts the sandbox PSP "
+        f"(`ironcart sandbox-psp`, its own process on 127.0.0.1, a fresh SQLite store) {webhooks}, "
+        "then `ironcart serve` as above with IRONCART_PAYMENTS__PSP_URL, __PSP_API_KEY and "
+        "__WEBHOOK_SECRET pointing at it; both are stopped after the cases. Workers N in "
+        + ", ".join(str(w) for w in config.checkout_workers)
+        + " and S in "
+        + ", ".join(config.checkout_servers)
+        + " are tried on case checkout and the fastest serves checkout-hot. The per-IP limits of "
+        "registration and login are raised on this server (the 32 buyers sign up and in from "
+        "127.0.0.1 before each case; those routes are not measured)"
+        + (f"; extra settings (BENCH_CHECKOUT_ENV): {extra}" if extra else "")
+        + ". Settings otherwise default: IRONCART_ORDERING__MAX_CONCURRENT_CHECKOUTS "
+        "(bulkhead per worker) 8, IRONCART_DATABASE_POOL_SIZE 10 (+10 overflow) per worker.",
+        "- Buyers: 32 customer accounts registered through the API once a run and logged in "
+        "before each case (Argon2 outside the measured window). Stock: the case's SKUs (1,000 "
+        "of published products, or one for checkout-hot) are topped up in the main warehouse "
+        "before each case, with a receipt in the inventory ledger for each change.",
+        "- Load: `bench/checkout_load.py`, one process, asyncio on uvloop with a raw HTTP/1.1 "
+        "client, one keep-alive connection per buyer; each buyer loops cart → add → order "
+        f"(fresh Idempotency-Key, `tok_visa`). Each case: {config.warmup}s unrecorded warm-up, "
+        f"then {config.repeats} × {config.checkout_duration}s; only answers completed inside "
+        "the window count; flows cut by its end are finished (≤ 30 s) and not counted; before "
+        "each window the buyers' open carts are emptied. A failed order's line is removed "
+        "from the cart so that every order has one line. More than "
+        f"{ERROR_LIMIT:.0%} of non-2xx or socket errors fails the case.",
+        "- Everything shares the machine's cores: the app's workers, the PSP, PostgreSQL, Redis "
+        "and the load generator (its CPU is in the table). The CPU split is read from /proc "
+        "over the measured window.",
+        "- **pgbench** (cases pgbench, pgbench-hot): `pgbench --no-vacuum --protocol=prepared "  # noqa: S608 - report text
+        f"--client=32 --jobs={min(32, os.cpu_count() or 1)} --time="
+        f"{config.checkout_duration}` on the bench database with the script in "
+        "`bench/cases.py` (`PGBENCH_SCRIPT`): `BEGIN; UPDATE stock SET on_hand = on_hand - 1 "
+        "... WHERE sku = :sku AND on_hand - reserved >= 1; INSERT order ... RETURNING id; "
+        "INSERT line; END` on tables of its own (schema `bench`, recreated before each case). "
+        "Latency percentiles from its per-transaction log (`--log`). The checkout cases are "
+        "divided by the pgbench case (random SKU of 1,000).",
+        f"- PostgreSQL settings: {bench.postgres_settings}.",
+    ]
+
+
+def _cpu_ms_per_unit(result: CaseResult, kind: str) -> float:
+    """Median over the runs of the CPU milliseconds `kind` used per paid order (or transaction)."""
+    costs = [
+        run.extra.get("cpu_split", {}).get(kind, 0.0) / run.rps * 1000
+        for run in result.runs
+        if run.rps > 0
+    ]
+    return statistics.median(costs) if costs else float("nan")
+
+
+def _db_work_text(result: CaseResult) -> str:
+    per_order = [run.extra["db_per_order"] for run in result.runs if "db_per_order" in run.extra]
+    if not per_order:
+        return ""
+
+    def median(name: str) -> float:
+        return statistics.median(item[name] for item in per_order)
+
+    return (
+        f"{median('xact_commit') + median('xact_rollback'):.0f} transactions "
+        f"({median('xact_commit'):.0f} committed, {median('xact_rollback'):.0f} rolled back), "
+        f"{median('tup_inserted'):.0f} rows inserted, {median('tup_updated'):.0f} updated, "
+        f"{median('tup_deleted'):.0f} deleted, {median('tup_fetched'):.0f} fetched"
+    )
+
+
+def _answers_text(result: CaseResult) -> str:
+    total: dict[str, int] = defaultdict(int)
+    for run in result.runs:
+        for route, count in run.extra.get("answers", {}).items():
+            total[route] += count
+    samples = [s for run in result.runs for s in run.extra.get("error_samples", [])][:3]
+    text = ", ".join(f"`{route}` {count:,}" for route, count in sorted(total.items()))
+    if samples:
+        text += "; e.g. " + "; ".join(f"`{sample[:200]}`" for sample in samples)
+    return text
+
+
 def _profile_note(result: CaseResult) -> str:
     prof = result.profile
     assert prof is not None  # noqa: S101
     rel = prof.svg.relative_to(ROOT)
+    unit = "paid orders/s" if result.case.driver == "checkout" else "req/s"
     lines = [
         f"- **Profile of {result.case.key} ({result.case.name})**: [{rel.name}]"
         f"(profiles/{rel.name}), py-spy at 200 Hz over every worker during one extra "
-        f"{result.case.key} run ({_fmt_rps(prof.rps)} req/s under the profiler, not counted); "
+        f"{result.case.key} run ({_fmt_rps(prof.rps)} {unit} under the profiler, not counted); "
         f"{prof.samples:,} samples of the thread holding the GIL (`py-spy record --gil`: "
         "Python and C-extension work; waits and the event loop's idle time excluded). "
         "The inclusive ranking names frames of ironcart and its libraries, leaving out "
@@ -1487,9 +2152,10 @@ def write_report(path: Path, body: str) -> None:
 
 
 def print_summary(cases: list[Case], outcome: Outcome) -> None:
+    width = max([4, *(len(case.key) for case in cases)])
     print()
     print(
-        f"{'case':<5} {'name':<24} {'req/s':>10} {'min':>9} {'max':>9} "
+        f"{'case':<{width}} {'name':<24} {'rate':>10} {'min':>9} {'max':>9} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'non2xx':>7} {'other':>6}  served by"
     )
     for case in cases:
@@ -1497,10 +2163,12 @@ def print_summary(cases: list[Case], outcome: Outcome) -> None:
         if r is None:
             continue
         status = "  FAILED" if r.failed else ""
+        unit = {"checkout": " paid orders/s", "pgbench": " txn/s"}.get(case.driver, " req/s")
         print(
-            f"{case.key:<5} {case.name[:24]:<24} {r.rps:>10,.0f} {r.rps_min:>9,.0f} "
+            f"{case.key:<{width}} {case.name[:24]:<24} {r.rps:>10,.0f} {r.rps_min:>9,.0f} "
             f"{r.rps_max:>9,.0f} "
-            f"{r.p50:>8.2f} {r.p99:>8.2f} {r.non2xx:>7} {r.other_cpu:>6.0%}  {r.variant}{status}"
+            f"{r.p50:>8.2f} {r.p99:>8.2f} {r.non2xx:>7} {r.other_cpu:>6.0%}  "
+            f"{r.variant}{status} ({unit.strip()})"
         )
     print()
 
@@ -1557,7 +2225,7 @@ def main() -> int:
                 f"(wrk -t{config.threads} -c{config.connections}); work dir {workdir}"
             )
             bench.export_source()
-            bench.postgres_version = asyncio.run(
+            bench.postgres_version, bench.postgres_settings = asyncio.run(
                 _prepare_database(config.database_url, config.fresh_db)
             )
             outcome = run_all(bench, cases)
