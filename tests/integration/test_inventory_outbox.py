@@ -89,8 +89,8 @@ def _shop(engine: AsyncEngine, uow: type[InventoryUnitOfWork] = InventoryUnitOfW
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    # Up to 40 connections: the crowd test's, within PostgreSQL's default of 100.
-    engine = create_engine(database_url, pool_size=20)
+    # Up to 20 connections for the crowd: the server's 100 are shared with other tests.
+    engine = create_engine(database_url, pool_size=10)
     try:
         yield engine
     finally:

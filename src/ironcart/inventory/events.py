@@ -5,9 +5,11 @@ took the SKU to or below its threshold (`record_low_stock`, called before the co
 the relay publishes it on `inventory.StockLow`: a crash after the commit does not lose it.
 The availability it carries is read inside that transaction, after the change. Every
 change that can lower availability first locks the SKU's level rows (in (sku, warehouse_id)
-order), so the read is exact: of concurrent changes that take the SKU over its threshold
-together, exactly the one that crossed it records the event (once per crossing;
-delivered at least once, consumers deduplicate by event id).
+order, at READ COMMITTED), so the read is exact: of concurrent changes that take the SKU
+over its threshold together, the one that crossed it records the event, once per crossing.
+(Only a receipt into a level created after those locks, a new warehouse for the SKU, is
+not held back by them: in that race the decision may be off by the units received.)
+The relay delivers it at least once; consumers deduplicate by event id.
 
 `StockChanged` stays on the in-process bus after the commit (`StockAnnouncer`), with the
 availability read again then, so the last announcement for a SKU carries its latest
