@@ -16,19 +16,27 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 ## Serve the whole shop on http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000} (SQLite, demo data),
-## with the sandbox payment provider (a separate process on 127.0.0.1:8790) for checkout.
+## with the sandbox payment provider (a separate process on 127.0.0.1:8790) for checkout and
+## the sandbox carrier (127.0.0.1:8791) for shipments and their tracking webhooks.
 run: install
 	$(BIN)/ironcart migrate
 	$(BIN)/ironcart seed
 	@mkdir -p var; \
+	shop=http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000}; \
 	$(BIN)/ironcart sandbox-psp --store var/sandbox-psp.db \
-	  --webhook-url http://$${IRONCART_HOST:-127.0.0.1}:$${IRONCART_PORT:-8000}/api/v1/payments/webhooks/sandbox & \
-	psp=$$!; trap 'kill $$psp 2>/dev/null; wait $$psp 2>/dev/null' EXIT INT TERM; \
+	  --webhook-url $$shop/api/v1/payments/webhooks/sandbox & \
+	psp=$$!; \
+	$(BIN)/ironcart sandbox-carrier --store var/sandbox-carrier.db \
+	  --webhook-url $$shop/api/v1/shipping/webhooks/sandbox & \
+	carrier=$$!; \
+	trap 'kill $$psp $$carrier 2>/dev/null; wait $$psp $$carrier 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/ironcart serve
 
-## Lint, type-check, import contracts, then every test tier.
+## Lint, type-check, import contracts, then every test tier, in TEST_WORKERS processes
+## (pytest-xdist: much of a test's time is spent waiting on servers and subprocesses).
+TEST_WORKERS ?= 3
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -997,6 +997,9 @@ http {{
             IRONCART_ENVIRONMENT="production",
             IRONCART_SECRET_KEY=self.secret_key,
             IRONCART_LOG_LEVEL="warning",
+            # Production refuses the sandbox carrier's published test credentials.
+            IRONCART_SHIPPING__CARRIER_API_KEY=self.secret_key,
+            IRONCART_SHIPPING__WEBHOOK_SECRETS=json.dumps({"sandbox": self.secret_key}),
         )
         if self.source != ROOT / "src":
             env["PYTHONPATH"] = os.pathsep.join(

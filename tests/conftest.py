@@ -7,13 +7,12 @@ skipped and one summary line at the end says which servers were missing.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ironcart.platform.migrations import upgrade_async
 from ironcart.platform.observability import configure_logging
 from tests.support.databases import (
     ServerUnavailable,
@@ -23,6 +22,7 @@ from tests.support.databases import (
     fresh_postgres,
     fresh_sqlite,
 )
+from tests.support.pg_instance import PgInstance, running_pg_instance
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _missing_servers: set[str] = set()
@@ -41,6 +41,14 @@ def pytest_configure(config: Any) -> None:
     # tracebacks with every local variable, which takes seconds on the event loop when a
     # background job logs a database error, and stalls everything else in the process.
     configure_logging(level="info", json=False)
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    # With pytest-xdist the skips happen in the workers: the controller sees their reports.
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2])
+        if "server unreachable: " in message:
+            _missing_servers.add(message.split("server unreachable: ", 1)[1].split(":")[0])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -62,14 +70,20 @@ BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 
 async def _fresh_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    factory = {"postgresql": fresh_postgres, "mysql": fresh_mysql}.get(backend)
-    manager = factory() if factory else fresh_sqlite(tmp_path)
+    """A migrated database, copied from a template migrated once per set of migrations
+    (PostgreSQL: CREATE DATABASE ... TEMPLATE; MariaDB: its CREATE TABLE statements; SQLite:
+    the file). tests/integration/test_migrations.py runs the migrations themselves."""
+    if backend == "postgresql":
+        manager = fresh_postgres(migrated=True)
+    elif backend == "mysql":
+        manager = fresh_mysql(migrated=True)
+    else:
+        manager = fresh_sqlite(tmp_path, migrated=True)
     try:
         url = await manager.__aenter__()
     except ServerUnavailable as error:
         unavailable(error)
     try:
-        await upgrade_async(url)
         yield url
     finally:
         await manager.__aexit__(None, None, None)
@@ -99,6 +113,17 @@ async def sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
 async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
     async for url in _fresh_database("postgresql", tmp_path):
         yield url
+
+
+@pytest.fixture(scope="session")
+def pg_test_instance() -> Iterator[PgInstance | ServerUnavailable]:
+    """One PostgreSQL test instance for the session, with prepared transactions enabled (the
+    XA checkout tests); or why there is none (each test then fails in CI, or skips)."""
+    try:
+        with running_pg_instance(max_prepared_transactions=64) as instance:
+            yield instance
+    except ServerUnavailable as error:
+        yield error
 
 
 @pytest.fixture

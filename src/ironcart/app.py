@@ -21,6 +21,7 @@ from ironcart.platform.http.middleware import BodySizeLimitMiddleware, RequestCo
 from ironcart.platform.http.ops import router as ops_router
 from ironcart.platform.http.problems import install_problem_handlers
 from ironcart.platform.settings import Settings
+from ironcart.shipping.api import router as shipping_router
 from ironcart.worker import run_background_jobs
 
 SERVICES: dict[str, list[APIRouter]] = {
@@ -30,6 +31,7 @@ SERVICES: dict[str, list[APIRouter]] = {
     "cart": [cart_router],
     "ordering": [ordering_router],
     "payments": [payments_router],
+    "shipping": [shipping_router],
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -18,6 +19,8 @@ from ironcart.catalog.repository import CatalogUnitOfWork
 from ironcart.catalog.service import CatalogService
 from ironcart.contracts.catalog import ProductChanged
 from ironcart.contracts.inventory import StockChanged
+from ironcart.contracts.ordering import OrderForFulfilment
+from ironcart.contracts.shipping import ShipmentCreated, ShipmentDelivered
 from ironcart.identity.client import InProcessIdentityClient
 from ironcart.identity.repository import IdentityUnitOfWork
 from ironcart.identity.service import IdentityService
@@ -25,6 +28,9 @@ from ironcart.inventory.client import InProcessInventoryClient
 from ironcart.inventory.repository import InventoryUnitOfWork, inventory_outbox
 from ironcart.inventory.service import InventoryService
 from ironcart.ordering.checkout import Checkout
+from ironcart.ordering.checkout_xa import KIND as XA_CHECKOUT
+from ironcart.ordering.checkout_xa import CheckoutFollowUp, XaCheckout, XaCheckoutParts
+from ironcart.ordering.client import InProcessOrderingClient, OrderingClient
 from ironcart.ordering.participants import InventoryBranch, OrderBranch, PaymentBranch
 from ironcart.ordering.repository import OrderingUnitOfWork
 from ironcart.ordering.repository import outbox as ordering_outbox
@@ -44,6 +50,11 @@ from ironcart.platform.security.passwords import PasswordHasher
 from ironcart.platform.security.tokens import AccessTokenVerifier
 from ironcart.platform.settings import Settings
 from ironcart.platform.txn.tcc import TccCoordinator, TccParticipant
+from ironcart.platform.txn.xa import XaCoordinator, xa_resource
+from ironcart.shipping.client import InProcessShippingClient, ShippingClient
+from ironcart.shipping.repository import ShippingUnitOfWork, shipping_outbox
+from ironcart.shipping.sandbox_carrier import HttpSandboxCarrier, SandboxTrackingVerifier
+from ironcart.shipping.service import ShippingService
 
 
 @dataclass
@@ -62,6 +73,11 @@ class Container:
     payments: PaymentService = field(kw_only=True)
     ordering: OrderingService = field(kw_only=True)
     coordinator: TccCoordinator = field(kw_only=True)
+    shipping: ShippingService = field(kw_only=True)
+    # IRONCART_INVENTORY_DATABASE_URL: inventory's own engine (None: it uses `engine`).
+    inventory_engine: AsyncEngine | None = field(default=None, kw_only=True)
+    # IRONCART_CHECKOUT_TXN=xa: checkout's XA coordinator (the worker runs its recovery).
+    xa: XaCoordinator | None = field(default=None, kw_only=True)
     # The relay that runs in this process (if any) subscribes here to be woken after a
     # commit that recorded events, so in-process delivery takes milliseconds, not a poll.
     outbox_wakeups: list[Callable[[], None]] = field(default_factory=list, kw_only=True)
@@ -76,12 +92,21 @@ class Container:
         if self.redis is not None:
             await self.redis.aclose()
         await self.payments.aclose()
+        await self.shipping.aclose()
         await self.engine.dispose()
+        if self.inventory_engine is not None:
+            await self.inventory_engine.dispose()
 
 
 def bootstrap(settings: Settings) -> Container:
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = session_factory(engine)
+    inventory_engine = (
+        create_engine(settings.inventory_database_url, pool_size=settings.database_pool_size)
+        if settings.inventory_database_url
+        else None
+    )
+    inventory_sessions = session_factory(inventory_engine) if inventory_engine else sessions
     redis = (
         Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
         if settings.redis_url
@@ -117,7 +142,9 @@ def bootstrap(settings: Settings) -> Container:
         enabled=settings.catalog.cache_enabled,
     )
     catalog = CatalogService(uow_factory=lambda: CatalogUnitOfWork(sessions), bus=bus)
-    inventory = InventoryService(uow_factory=lambda: InventoryUnitOfWork(sessions), bus=bus)
+    inventory = InventoryService(
+        uow_factory=lambda: InventoryUnitOfWork(inventory_sessions), bus=bus
+    )
     cart = CartService(
         uow_factory=lambda: CartUnitOfWork(sessions),
         catalog=InProcessCatalogClient(catalog),
@@ -130,11 +157,30 @@ def bootstrap(settings: Settings) -> Container:
         lambda event: catalog.record_availability(sku=event.sku, available=event.available),
     )
     payments = _payments(settings, sessions)
+    xa = _xa(settings, engine, inventory_engine or engine, payments)
     wakeups: list[Callable[[], None]] = []
+    # Shipping reads orders and checkout quotes shipping: the ordering port is bound once
+    # ordering exists.
+    orders_port = _LateOrderingClient()
+    shipping = _shipping(settings, sessions, orders_port, lambda: _wake(wakeups))
     ordering, coordinator = _ordering(
-        settings, sessions, catalog, cart, inventory, payments, lambda: _wake(wakeups)
+        settings,
+        sessions,
+        catalog,
+        cart,
+        inventory,
+        payments,
+        InProcessShippingClient(shipping),
+        lambda: _wake(wakeups),
+        xa,
     )
+    orders_port.bind(InProcessOrderingClient(ordering))
+    # Fulfilment: the order follows its shipments (shipping's outbox -> the bus, at least once).
+    bus.subscribe(ShipmentCreated, ordering.on_shipment_created, retried=True)
+    bus.subscribe(ShipmentDelivered, ordering.on_shipment_delivered, retried=True)
     checks: dict[str, ReadinessCheck] = {"database": lambda: ping(engine)}
+    if inventory_engine is not None:
+        checks["inventory_database"] = lambda: ping(inventory_engine)
     if redis is not None:
         checks["redis"] = lambda: _ping_redis(redis)
     return Container(
@@ -152,10 +198,14 @@ def bootstrap(settings: Settings) -> Container:
         payments=payments,
         ordering=ordering,
         coordinator=coordinator,
+        shipping=shipping,
+        inventory_engine=inventory_engine,
+        xa=None if xa is None else xa.coordinator,
         outbox_sources=[
             OutboxSource(engine, ordering_outbox),
             OutboxSource(engine, payments_outbox),
-            OutboxSource(engine, inventory_outbox),
+            OutboxSource(inventory_engine or engine, inventory_outbox),
+            OutboxSource(engine, shipping_outbox),
         ],
         outbox_wakeups=wakeups,
     )
@@ -197,6 +247,57 @@ def _payments(settings: Settings, sessions: async_sessionmaker[AsyncSession]) ->
     )
 
 
+class _LateOrderingClient:
+    """The ordering port for shipping, bound after ordering is built (they use each other)."""
+
+    def __init__(self) -> None:
+        self._client: OrderingClient | None = None
+
+    def bind(self, client: OrderingClient) -> None:
+        self._client = client
+
+    async def order_for_fulfilment(self, order_id: str) -> OrderForFulfilment | None:
+        if self._client is None:
+            raise RuntimeError("the ordering port is not bound yet")
+        return await self._client.order_for_fulfilment(order_id)
+
+    async def begin_fulfilment(self, order_id: str) -> bool:
+        if self._client is None:
+            raise RuntimeError("the ordering port is not bound yet")
+        return await self._client.begin_fulfilment(order_id)
+
+
+def _shipping(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    ordering: OrderingClient,
+    outbox_written: Callable[[], None],
+) -> ShippingService:
+    """Shipping over the configured carriers (the sandbox carrier): one HTTP client each."""
+    config = settings.shipping
+    carrier = HttpSandboxCarrier(
+        base_url=config.carrier_url,
+        api_key=config.carrier_api_key,
+        read_timeout_seconds=config.request_timeout_seconds,
+        connect_timeout_seconds=config.connect_timeout_seconds,
+        max_attempts=config.max_attempts,
+        deadline_seconds=config.call_deadline_seconds,
+    )
+    verifiers = {
+        name: SandboxTrackingVerifier(
+            secret=secret, tolerance_seconds=config.webhook_tolerance_seconds
+        )
+        for name, secret in config.webhook_secrets.items()
+    }
+    return ShippingService(
+        uow_factory=lambda: ShippingUnitOfWork(sessions),
+        ordering=ordering,
+        carriers={"sandbox": carrier},
+        verifiers=verifiers,
+        outbox_written=outbox_written,
+    )
+
+
 def _wake(wakeups: list[Callable[[], None]]) -> None:
     for wake in wakeups:
         wake()
@@ -209,7 +310,9 @@ def _ordering(
     cart: CartService,
     inventory: InventoryService,
     payments: PaymentService,
+    shipping: ShippingClient,
     outbox_written: Callable[[], None],
+    xa: XaCheckoutParts | None = None,
 ) -> tuple[OrderingService, TccCoordinator]:
     """Checkout's coordinator over its three branches: stock, money and the order itself."""
     config = settings.ordering
@@ -224,12 +327,14 @@ def _ordering(
         crash_points=config.crash_points,
     )
     box = SecretBox(settings.secret_key, purpose="ordering-addresses")
-    checkout = Checkout(
+    new_checkout: Callable[..., Checkout] = Checkout if xa is None else partial(XaCheckout, xa=xa)
+    checkout = new_checkout(
         uow_factory=lambda: OrderingUnitOfWork(sessions),
         coordinator=coordinator,
         catalog=InProcessCatalogClient(catalog),
         cart=InProcessCartClient(cart),
         inventory=InProcessInventoryClient(inventory),
+        shipping=shipping,
         address_box=box,
         settings=config,
         outbox_written=outbox_written,
@@ -243,4 +348,25 @@ def _ordering(
         outbox_written=outbox_written,
     )
     participants["ordering"] = OrderBranch(ordering)
+    if xa is not None:
+        xa.coordinator.follow_up(XA_CHECKOUT, CheckoutFollowUp(xa.payments, ordering))
     return ordering, coordinator
+
+
+def _xa(
+    settings: Settings, engine: AsyncEngine, inventory_engine: AsyncEngine, payments: PaymentService
+) -> XaCheckoutParts | None:
+    """XA mode: the coordinator logs in ordering's (the main) database, over two resources."""
+    if settings.checkout_txn != "xa":
+        return None
+    config = settings.xa
+    ordering = xa_resource("ordering", engine)
+    inventory = xa_resource("inventory", inventory_engine)
+    coordinator = XaCoordinator(
+        engine,
+        [ordering, inventory],
+        gid_prefix=config.gid_prefix,
+        in_doubt_after_seconds=config.in_doubt_seconds,
+        crash_points=frozenset(config.crash_points),
+    )
+    return XaCheckoutParts(coordinator, ordering, inventory, InProcessPaymentsClient(payments))

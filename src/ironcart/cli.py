@@ -123,12 +123,16 @@ def _exit_after_drain(_signum: int, _frame: object) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Bring the database schema up to date (Alembic)."""
+    """Bring the database schema up to date (Alembic), inventory's own database too."""
     from ironcart.platform.migrations import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)
     click.echo("database is up to date")
+    if settings.inventory_database_url:
+        # The same Alembic chain: inventory's database gets every table, uses its own.
+        upgrade(settings.inventory_database_url)
+        click.echo("inventory database is up to date")
 
 
 @main.command()
@@ -317,6 +321,68 @@ def sandbox_psp(
         webhook_url=webhook_url,
     )
     # As for `serve`: uvicorn re-raises SIGTERM after draining; that is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
+    serve(config, host=host, port=port, log_level=log_level)
+
+
+@main.command("sandbox-carrier")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", type=int, default=8791, show_default=True, help="Port.")
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False),
+    default="var/sandbox-carrier.db",
+    show_default=True,
+    help="The sandbox's own SQLite file (kept across restarts).",
+)
+@click.option("--webhook-url", default=None, help="Where to POST events [default: no webhooks].")
+@click.option(
+    "--webhook-secret",
+    default="sandbox-carrier-webhook-secret",
+    show_default=True,
+    help="HMAC key of the Sandbox-Signature header (IRONCART_SHIPPING__WEBHOOK_SECRETS).",
+)
+@click.option(
+    "--api-key",
+    envvar="IRONCART_SHIPPING__CARRIER_API_KEY",
+    default="ck_test_ironcart",
+    help="The accepted Bearer key [env IRONCART_SHIPPING__CARRIER_API_KEY].",
+)
+@click.option(
+    "--auto-advance-seconds",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Move every shipment one step on this often [default: only when told].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="warning",
+    show_default=True,
+)
+def sandbox_carrier(
+    host: str,
+    port: int,
+    store: str,
+    webhook_url: str | None,
+    webhook_secret: str,
+    api_key: str,
+    auto_advance_seconds: float | None,
+    log_level: str,
+) -> None:
+    """Run the sandbox carrier (docs/sandbox-carrier.md) as its own process."""
+    from pathlib import Path
+
+    from ironcart.sandbox.carrier import CarrierConfig, serve
+
+    config = CarrierConfig(
+        store_path=Path(store),
+        api_key=api_key,
+        webhook_secret=webhook_secret,
+        webhook_url=webhook_url,
+        base_url=f"http://{host}:{port}",
+        auto_advance_seconds=auto_advance_seconds,
+    )
     signal.signal(signal.SIGTERM, _exit_after_drain)
     serve(config, host=host, port=port, log_level=log_level)
 

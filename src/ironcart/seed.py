@@ -11,6 +11,7 @@ from ironcart.catalog.seed import seed_catalog
 from ironcart.identity.domain import EmailAlreadyRegistered
 from ironcart.platform.database import session_factory
 from ironcart.platform.settings import Settings
+from ironcart.shipping.seed import seed_zones
 
 DEMO_PASSWORD = "ironcart-demo-password"  # noqa: S105 - development seed data, refused in production
 DEMO_WAREHOUSES = (("main", "Main warehouse", 1), ("overflow", "Overflow warehouse", 2))
@@ -29,6 +30,7 @@ async def seed_demo(settings: Settings, *, products: int, accounts: bool = True)
         if accounts:
             lines += await _seed_accounts(container)
         lines += await _seed_products(container, products)
+        lines += await seed_zones(container.shipping, currency=settings.catalog.currency)
     finally:
         await container.aclose()
     return lines

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import MetaData
 
 from ironcart.bootstrap import Container, bootstrap
 from ironcart.cart.domain import ABANDONED_AFTER
-from ironcart.platform.nats import JetStreamPublisher
+from ironcart.contracts.shipping import ShipmentCreated, ShipmentDelivered
+from ironcart.platform.nats import JetStreamConsumer, JetStreamPublisher
 from ironcart.platform.outbox import outbox_table
 from ironcart.platform.relay import (
     InProcessPublisher,
@@ -40,6 +43,8 @@ PAYMENT_RECONCILE_INTERVAL_SECONDS = 30.0
 AVAILABILITY_SYNC_INTERVAL_SECONDS = 3600.0
 # Cancelled paid orders whose refund or restock did not finish are retried this often.
 CANCELLATION_INTERVAL_SECONDS = 30.0
+# Shipments left without a carrier label (carrier down, or a crash) are asked for this often.
+SHIPMENT_RESUME_INTERVAL_SECONDS = 30.0
 
 
 async def run_worker(
@@ -92,6 +97,8 @@ async def run_background_jobs(
                 _periodically(
                     stop, CANCELLATION_INTERVAL_SECONDS, _finish_cancellations, container
                 ),
+                _periodically(stop, SHIPMENT_RESUME_INTERVAL_SECONDS, _resume_shipments, container),
+                *_xa_jobs(container, stop),
                 _periodically(stop, interval, _purge_idempotency_keys, container),
                 _periodically(
                     stop,
@@ -102,9 +109,53 @@ async def run_background_jobs(
                 ),
                 _periodically(stop, interval, _purge_published_outbox, container),
                 _relay_until(stop, relay),
+                _consume_bus_until(stop, container),
             )
         finally:
             container.outbox_wakeups.remove(relay.notify)
+
+
+async def _consume_bus_until(stop: asyncio.Event, container: Container) -> None:
+    """With NATS JetStream: the events other contexts consume from the bus (a durable
+    consumer shared by every process, so each event is handled by one of them; a failed
+    handler is redelivered). In-process, the relay hands them to the bus subscribers."""
+    settings = container.settings
+    if not settings.bus_url:
+        return
+    ordering = container.ordering
+    handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+        ShipmentCreated: ordering.on_shipment_created,
+        ShipmentDelivered: ordering.on_shipment_delivered,
+    }
+
+    async def handle(event: Any, _event_id: str) -> None:
+        handler = handlers.get(type(event))
+        if handler is not None:
+            await handler(event)
+
+    consumer = JetStreamConsumer(
+        settings.bus_url,
+        durable="ironcart-ordering-fulfilment",
+        handler=handle,
+        subjects=("shipping.>",),
+        stream=settings.relay.stream,
+        subject_prefix=settings.relay.subject_prefix,
+        # An order must not miss its shipments: keep retrying (backoff up to a minute) for
+        # about a week rather than give up after a few attempts; the errors are logged.
+        max_deliver=10_000,
+        max_retry_delay=60.0,
+    )
+    try:
+        # No separate start(): the first batch subscribes, inside the retried loop, so a
+        # bus that is down at start-up delays this consumer only, not the other jobs.
+        consuming = asyncio.create_task(consumer.run_until_stopped())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        consumer.stop()
+        stopping.cancel()
+        await consuming
+    finally:
+        await consumer.close()
 
 
 async def _recover_checkouts(container: Container) -> None:
@@ -115,6 +166,26 @@ async def _recover_checkouts(container: Container) -> None:
             break
 
 
+def _xa_jobs(container: Container, stop: asyncio.Event) -> list[Awaitable[None]]:
+    """XA checkout (`IRONCART_CHECKOUT_TXN=xa`): its recovery, follow-ups included."""
+    if container.xa is None:
+        return []
+    interval = container.settings.xa.recovery_interval_seconds
+    return [_periodically(stop, interval, _recover_xa, container)]
+
+
+async def _recover_xa(container: Container) -> None:
+    """Finish in-doubt and prepared XA transactions, and follow up decided ones (capture or
+    void their payments)."""
+    assert container.xa is not None  # noqa: S101 - scheduled only in XA mode
+    while True:
+        report = await container.xa.recover(limit=100)
+        if report.claimed or report.committed_branches or report.rolled_back_branches:
+            _log.info("xa_recovered", **dataclasses.asdict(report))
+        if report.claimed < 100:
+            break
+
+
 async def _sync_catalog_availability(container: Container) -> None:
     """Repair the catalog's availability read model from inventory (a missed StockChanged)."""
     inventory = container.inventory
@@ -122,6 +193,14 @@ async def _sync_catalog_availability(container: Container) -> None:
         availability=lambda skus: inventory.availability(skus=skus)
     )
     _log.info("catalog_availability_synced", skus=synced)
+
+
+async def _resume_shipments(container: Container) -> None:
+    """Shipments left without a label (carrier down, or a crash): ask the carrier again."""
+    after = container.settings.shipping.resume_after_seconds
+    settled = await container.shipping.resume_requested(older_than_seconds=after, limit=100)
+    if settled:
+        _log.info("shipping_shipments_resumed", settled=settled)
 
 
 async def _finish_cancellations(container: Container) -> None:

@@ -66,7 +66,10 @@ def _settings(database_url: str, psp: Any, **overrides: Any) -> Any:
 async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
     async with (
         running_psp(tmp_path) as psp,
-        running_app(_settings(database_url, psp, database_pool_size=20)) as (app, client),
+        running_app(_settings(database_url, psp, database_pool_size=20), shipping_zones=True) as (
+            app,
+            client,
+        ),
     ):
         yield Shop(app, client, psp)
 
@@ -76,7 +79,9 @@ async def server_shop(server_database_url: str, tmp_path: Path) -> AsyncIterator
     """PostgreSQL and MariaDB only: the concurrency claims are about the production databases."""
     async with (
         running_psp(tmp_path) as psp,
-        running_app(_settings(server_database_url, psp, database_pool_size=20)) as (app, client),
+        running_app(
+            _settings(server_database_url, psp, database_pool_size=20), shipping_zones=True
+        ) as (app, client),
     ):
         yield Shop(app, client, psp)
 
@@ -91,6 +96,55 @@ def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]
 
 def _operations(ledger: list[dict[str, Any]], operation: str) -> list[dict[str, Any]]:
     return [entry for entry in ledger if entry["operation"] == operation]
+
+
+# (country, postal code, method, units of a 500 g / 10.00 item) -> shipping, from the demo zones
+# (tests/support/app.py seeds what `ironcart seed` does: GB, EU, rest of world).
+SHIPPING_QUOTES = [
+    ("GB", "SW1Y 4JH", "standard", 1, "5.00"),  # first band (up to 2 kg)
+    ("GB", "SW1Y 4JH", "standard", 4, "5.00"),  # 2 kg: still the first band
+    ("GB", "SW1Y 4JH", "standard", 5, "8.00"),  # 2.5 kg: second band
+    ("GB", "SW1Y 4JH", "standard", 8, "0.00"),  # subtotal 80 >= 75: free
+    ("GB", "SW1Y 4JH", "express", 5, "22.00"),  # express, second band
+    ("DE", "10115", "standard", 1, "12.00"),  # EU zone
+    ("US", "10001", "standard", 1, "25.00"),  # rest of the world
+]
+
+
+async def test_shipping_is_quoted_by_zone_and_weight_into_the_total(shop: Shop) -> None:
+    staff = await staffer(shop.app, shop.client)
+    sku = await stocked_product(shop.app, shop.client, staff, units=50, price="10.00")
+    buyer = await customer(shop.client)
+    seen = []
+    for country, postal, method, units, _ in SHIPPING_QUOTES:
+        body = order_payload([(sku, units)], shipping_method=method)
+        body["shipping_address"] = {
+            **body["shipping_address"],
+            "country": country,
+            "postal_code": postal,
+        }
+        response = await shop.order(body, buyer)
+        assert response.status_code == 201, response.text
+        order = response.json()
+        assert order["shipping"]["currency"] == "USD"
+        assert Decimal(order["total"]["amount"]) == Decimal("10.00") * units + Decimal(
+            order["shipping"]["amount"]
+        )
+        seen.append((country, postal, method, units, order["shipping"]["amount"]))
+    assert seen == SHIPPING_QUOTES
+
+
+async def test_a_method_not_offered_there_is_refused_and_nothing_is_held(shop: Shop) -> None:
+    staff = await staffer(shop.app, shop.client)
+    sku = await stocked_product(shop.app, shop.client, staff, units=3)
+    body = order_payload([(sku, 1)], shipping_method="express")  # GB and EU only
+    body["shipping_address"] = {**body["shipping_address"], "country": "US", "postal_code": "10001"}
+
+    refused = await shop.order(body, await customer(shop.client))
+
+    _problem(refused, 422, "shipping.method_not_offered")
+    assert await shop.stock(sku) == (3, 0)
+    assert await shop.ledger() == []
 
 
 async def test_an_order_is_priced_by_the_server_paid_and_its_stock_sold(shop: Shop) -> None:
@@ -159,7 +213,7 @@ async def test_bad_input_is_a_clean_4xx(shop: Shop) -> None:
     _problem(
         await shop.order(order_payload([(sku, 1)], shipping_method="teleport"), buyer),
         422,
-        "ordering.unknown_shipping_method",
+        "shipping.method_not_offered",
     )
     _problem(await shop.order(order_payload([]), buyer), 422, "validation_error")
     both = order_payload([(sku, 1)])
@@ -309,6 +363,35 @@ async def test_cancel_refunds_in_full_and_puts_the_stock_back(shop: Shop) -> Non
     assert [r["amount"] for r in refunds] == [4500]
 
 
+async def test_once_shipping_began_the_customer_cannot_cancel_and_vice_versa(shop: Shop) -> None:
+    staff = await staffer(shop.app, shop.client)
+    sku = await stocked_product(shop.app, shop.client, staff, units=5)
+    buyer = await customer(shop.client)
+    ordering = shop.app.state.container.ordering
+    shipping = (await shop.order(order_payload([(sku, 1)]), buyer)).json()
+    cancelled = (await shop.order(order_payload([(sku, 1)]), buyer)).json()
+
+    # Staff start shipping one order (what shipping asks before it calls the carrier)...
+    assert await ordering.begin_fulfilment(shipping["id"])
+    refused = await shop.client.post(f"/api/v1/orders/{shipping['id']}/cancel", headers=buyer)
+    # ... while the customer cancels the other first: shipping it is then refused.
+    done = await shop.client.post(f"/api/v1/orders/{cancelled['id']}/cancel", headers=buyer)
+
+    _problem(refused, 409, "ordering.illegal_transition")
+    assert done.json()["status"] == "cancelled"
+    assert not await ordering.begin_fulfilment(cancelled["id"])
+    still = await shop.client.get(f"/api/v1/orders/{shipping['id']}", headers=buyer)
+    assert still.json()["status"] == "paid"
+    assert await shop.stock(sku) == (4, 0)  # one sold and shipping, one back on the shelf
+    assert [r["amount"] for r in _operations(await shop.ledger(), "refund")] == [
+        cancelled_total_minor(cancelled)
+    ]
+
+
+def cancelled_total_minor(order: dict[str, Any]) -> int:
+    return int(Decimal(order["total"]["amount"]) * 100)
+
+
 async def test_staff_refunds_never_exceed_what_was_captured(shop: Shop) -> None:
     staff = await staffer(shop.app, shop.client)
     sku = await stocked_product(shop.app, shop.client, staff, units=5, price="10.00")
@@ -373,7 +456,7 @@ async def test_concurrent_buyers_on_sqlite_never_oversell(sqlite_url: str, tmp_p
     """The embedded mode under a smaller crowd: no oversell, and a busy database is a 503."""
     async with (
         running_psp(tmp_path) as psp,
-        running_app(_settings(sqlite_url, psp)) as (app, client),
+        running_app(_settings(sqlite_url, psp), shipping_zones=True) as (app, client),
     ):
         shop = Shop(app, client, psp)
         staff = await staffer(app, client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -149,7 +150,9 @@ async def _ledger(staff: Staff, sku: str) -> list[tuple[str, int, str, str]]:
                 movements.c.on_hand_delta,
                 movements.c.reason,
                 movements.c.reference,
-            ).where(movements.c.sku == sku)
+            )
+            .where(movements.c.sku == sku)
+            .order_by(movements.c.id)
         )
         return [tuple(row) for row in rows]  # type: ignore[misc]
 
@@ -184,6 +187,113 @@ async def test_adjustment_with_reason_writes_a_ledger_row(staff: Staff) -> None:
     )
     _problem(too_much, 409, "inventory.below_reserved")
     assert len(await _ledger(staff, sku)) == 3
+
+
+async def test_a_transfer_moves_units_between_warehouses_in_one_step(staff: Staff) -> None:
+    east, west = await staff.warehouse("east", 1), await staff.warehouse("west", 2)
+    sku = _sku()
+    inventory = staff.app.state.container.inventory
+    await inventory.receive(sku=sku, warehouse=east, quantity=10)
+    url = f"/api/v1/inventory/{sku}/transfers"
+
+    moved = await staff.client.post(
+        url,
+        json={"from_warehouse": east, "to_warehouse": west, "quantity": 4, "reason": "rebalance"},
+        headers=staff.headers,
+    )
+
+    assert moved.status_code == 200, moved.text
+    levels = {level["warehouse"]: level["on_hand"] for level in moved.json()["levels"]}
+    assert levels == {east: 6, west: 4}
+    assert moved.json()["available"] == 10  # a transfer sells and loses nothing
+    ledger = await _ledger(staff, sku)
+    assert [(kind, delta) for kind, delta, _, _ in ledger] == [
+        ("receipt", 10),
+        ("transfer", -4),
+        ("transfer", 4),
+    ]
+    assert ledger[1][3] == ledger[2][3]  # one reference ties the pair together
+    assert ledger[1][2] == f"rebalance (by {staff.user_id})"
+    assert await inventory.reconcile() == []
+
+    # Reserved units stay where they are: only free units leave (409, nothing written).
+    await inventory.reserve(sku=sku, quantity=5, owner="cart-1", ttl_seconds=600)
+    written = len(await _ledger(staff, sku))
+    too_many = await staff.client.post(
+        url,
+        json={"from_warehouse": east, "to_warehouse": west, "quantity": 2, "reason": "more"},
+        headers=staff.headers,
+    )
+    _problem(too_many, 409, "inventory.below_reserved")
+    nowhere = await staff.client.post(
+        url,
+        json={"from_warehouse": east, "to_warehouse": "no-such", "quantity": 1, "reason": "x"},
+        headers=staff.headers,
+    )
+    _problem(nowhere, 422, "inventory.unknown_warehouse")
+    assert len(await _ledger(staff, sku)) == written
+    assert await inventory.reconcile() == []
+    unknown = _sku()
+    ghost = await staff.client.post(
+        f"/api/v1/inventory/{unknown}/transfers",
+        json={"from_warehouse": east, "to_warehouse": west, "quantity": 1, "reason": "x"},
+        headers=staff.headers,
+    )
+    _problem(ghost, 404, "inventory.sku_not_found")
+    _problem(await staff.client.get(f"/api/v1/inventory/{unknown}", headers=staff.headers), 404)
+
+
+async def test_concurrent_transfers_never_move_more_than_is_there(staff: Staff) -> None:
+    east, west = await staff.warehouse("east", 1), await staff.warehouse("west", 2)
+    sku = _sku()
+    inventory = staff.app.state.container.inventory
+    await inventory.receive(sku=sku, warehouse=east, quantity=10)
+    await inventory.receive(sku=sku, warehouse=west, quantity=1)
+
+    async def move(source: str, target: str) -> int:
+        return (
+            await staff.client.post(
+                f"/api/v1/inventory/{sku}/transfers",
+                json={
+                    "from_warehouse": source,
+                    "to_warehouse": target,
+                    "quantity": 2,
+                    "reason": "x",
+                },
+                headers=staff.headers,
+            )
+        ).status_code
+
+    answers = await asyncio.gather(*(move(east, west) for _ in range(8)), move(west, east))
+
+    # 10 at east: 5 transfers of 2 fit; a 6th only if the one back from west (which holds 1,
+    # so it goes only after a transfer there) came in time.
+    back = 1 if answers[8] == 200 else 0
+    moved = answers[:8].count(200)
+    assert answers.count(200) + answers.count(409) == 9
+    assert moved in ({5, 6} if back else {5})
+    stock = await inventory.get_stock(sku=sku)
+    on_hand = {level.warehouse.code: level.on_hand for level in stock.levels}
+    assert on_hand == {east: 10 - 2 * moved + 2 * back, west: 1 + 2 * moved - 2 * back}
+    assert await inventory.reconcile() == []
+
+
+async def test_a_return_puts_stock_back_through_the_ledger(staff: Staff) -> None:
+    main = await staff.warehouse("main")
+    sku = _sku()
+    inventory = staff.app.state.container.inventory
+    await inventory.receive(sku=sku, warehouse=main, quantity=1)
+
+    back = await staff.client.post(
+        f"/api/v1/inventory/{sku}/returns",
+        json={"warehouse": main, "quantity": 2, "reason": "unopened", "reference": "order-42"},
+        headers=staff.headers,
+    )
+
+    assert back.status_code == 200, back.text
+    assert back.json()["available"] == 3
+    assert (await _ledger(staff, sku))[-1] == ("return", 2, "unopened", "order-42")
+    assert await inventory.reconcile() == []
 
 
 @pytest.mark.parametrize(
@@ -233,6 +343,24 @@ async def test_adjustment_with_reason_writes_a_ledger_row(staff: Staff) -> None:
             "POST", "/api/v1/warehouses", {"code": "no spaces", "name": "x"}, id="malformed-code"
         ),
         pytest.param("PATCH", "/api/v1/warehouses/main", {}, id="empty-patch"),
+        pytest.param(
+            "POST",
+            "/api/v1/inventory/SKU-1/transfers",
+            {"from_warehouse": "a", "to_warehouse": "b", "quantity": 0, "reason": "x"},
+            id="transfer-nothing",
+        ),
+        pytest.param(
+            "POST",
+            "/api/v1/inventory/SKU-1/transfers",
+            {"from_warehouse": "a", "to_warehouse": "a", "quantity": 1, "reason": "x"},
+            id="transfer-to-itself",
+        ),
+        pytest.param(
+            "POST",
+            "/api/v1/inventory/SKU-1/returns",
+            {"warehouse": "a", "quantity": -1, "reason": "x"},
+            id="return-negative",
+        ),
     ],
 )
 async def test_bad_input_is_a_422_problem(
@@ -291,6 +419,8 @@ async def test_warehouses_crud(staff: Staff) -> None:
         pytest.param("GET", "/api/v1/inventory/SKU-1", id="read-stock"),
         pytest.param("PUT", "/api/v1/inventory/SKU-1", id="set-stock"),
         pytest.param("POST", "/api/v1/inventory/SKU-1/adjustments", id="adjust"),
+        pytest.param("POST", "/api/v1/inventory/SKU-1/transfers", id="transfer"),
+        pytest.param("POST", "/api/v1/inventory/SKU-1/returns", id="return"),
         pytest.param("GET", "/api/v1/warehouses", id="list-warehouses"),
         pytest.param("POST", "/api/v1/warehouses", id="create-warehouse"),
         pytest.param("DELETE", "/api/v1/warehouses/main", id="delete-warehouse"),

@@ -9,12 +9,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-import ironcart.cart.repository
-import ironcart.catalog.repository
-import ironcart.identity.repository
-import ironcart.inventory.repository  # noqa: F401 - registers the tables
-from ironcart.platform.database import create_engine, metadata
+from ironcart.platform.database import create_engine
 from ironcart.platform.migrations import alembic_config, upgrade_async
+from ironcart.schema import metadata
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -24,6 +24,14 @@ from tests.support.psp import Delivery, PspProcess, WebhookReceiver, receiving_w
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 PROBLEM = "application/problem+json"
 WEBHOOK = "/api/v1/payments/webhooks/sandbox"
+# Header bytes the server decodes as latin-1: "t=²" ("²".isdigit(), yet int() refuses it),
+# "v1=é" (compare_digest refuses non-ASCII text), 64 non-hex characters.
+MALFORMED_SIGNATURES = [
+    b"t=\xb2,v1=ab",
+    b"t=1,v1=\xe9",
+    b"t=1700000000,v1=" + b"\xe9" * 64,
+    b"t=1700000000,v1=" + b"g" * 64,
+]
 
 
 @dataclass
@@ -40,9 +48,9 @@ class Shop:
         return service
 
     async def post_webhook(
-        self, body: bytes, signature: str | None, *, provider: str = "sandbox"
+        self, body: bytes, signature: str | bytes | None, *, provider: str = "sandbox"
     ) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
+        headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
         if signature is not None:
             headers["Sandbox-Signature"] = signature
         return await self.client.post(
@@ -170,6 +178,12 @@ async def test_bad_webhooks_are_problems_and_change_nothing(shop: Shop) -> None:
         422,
         "validation_error",
     )
+    for malformed in MALFORMED_SIGNATURES:
+        _problem(
+            await shop.post_webhook(delivery.body, malformed),
+            400,
+            "payments.webhook_signature_invalid",
+        )
     _problem(
         await shop.post_webhook(
             delivery.body, delivery.headers["sandbox-signature"], provider="stripe"

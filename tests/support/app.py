@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from ironcart.app import create_app
 from ironcart.platform.settings import Settings, load_settings
+from ironcart.shipping.seed import seed_zones
 
 DEMO_PASSWORD = "a-long-enough-passphrase"
 
@@ -21,9 +22,15 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+async def running_app(
+    settings: Settings, *, shipping_zones: bool = False
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app in this process; `shipping_zones`: the demo zones `ironcart seed` creates (GB,
+    EU, rest of world), which checkout quotes shipping from."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        if shipping_zones:
+            await seed_zones(app.state.container.shipping, currency=settings.catalog.currency)
         # Each app gets its own client address, so per-IP limits shared in Redis never collide.
         transport = httpx.ASGITransport(app=app, client=(f"test-{uuid.uuid4().hex[:12]}", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

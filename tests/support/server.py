@@ -170,14 +170,16 @@ async def running_server(
     serve_args: Sequence[str] = (),
     startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
     port: int | None = None,
+    migrate: bool = True,
 ) -> AsyncIterator[ServerProcess]:
     """Migrate, start `ironcart serve --port <free>`, wait for /healthz; always stop at the end.
 
     `port` reuses a known port (a restart in a crash test); by default a free one is chosen.
+    `migrate=False`: the test migrated the database(s) already (restarts, a second process).
     """
     environment = server_environment(database_url, env)
-    migrated = await run_cli("migrate", env=environment)
-    if migrated.returncode != 0:
+    migrated = await run_cli("migrate", env=environment) if migrate else None
+    if migrated is not None and migrated.returncode != 0:
         raise RuntimeError(f"ironcart migrate failed:\n{output_of(migrated)}")
     port = port or free_port()
     stderr_path = log_dir / f"ironcart-serve-{port}.stderr.log"

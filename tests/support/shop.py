@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from tests.support.app import register_and_login
 from tests.support.catalog import product_payload, staff_headers
 
-__all__ = ["address", "customer", "order_payload", "staffer", "stocked_product"]
+__all__ = ["address", "customer", "order_payload", "paid_order", "staffer", "stocked_product"]
 
 
 async def stocked_product(
@@ -79,3 +79,22 @@ def order_payload(
 
 def key() -> dict[str, str]:
     return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+async def paid_order(
+    client: httpx.AsyncClient,
+    buyer: dict[str, str],
+    lines: list[tuple[str, int]],
+    *,
+    shipping_method: str = "standard",
+) -> dict[str, Any]:
+    """A real checkout: `buyer` orders `lines` through `POST /api/v1/orders`; the paid order.
+
+    `client` may be the in-process app's or one to a real `ironcart serve` (needs a PSP).
+    """
+    body = order_payload(lines, shipping_method=shipping_method)
+    response = await client.post("/api/v1/orders", json=body, headers={**buyer, **key()})
+    assert response.status_code == 201, response.text
+    order: dict[str, Any] = response.json()
+    assert order["status"] == "paid", order
+    return order

@@ -32,3 +32,23 @@ async def test_a_failing_handler_does_not_fail_the_publisher_or_the_others() -> 
     await bus.publish([Happened("first"), Happened("second")])
 
     assert seen == ["first", "second"]
+
+
+async def test_a_retried_handler_fails_the_publisher_after_the_others_ran() -> None:
+    # The relay publishes outbox events this way: the error keeps the row, to go out again.
+    bus = EventBus()
+    seen: list[str] = []
+
+    async def broken(event: Happened) -> None:
+        raise RuntimeError("database is down")
+
+    async def working(event: Happened) -> None:
+        seen.append(event.name)
+
+    bus.subscribe(Happened, broken, retried=True)
+    bus.subscribe(Happened, working)
+
+    with pytest.raises(RuntimeError, match="database is down"):
+        await bus.publish([Happened("first")])
+
+    assert seen == ["first"]

@@ -64,7 +64,38 @@ def test_placeholder_secret_is_refused_in_production(monkeypatch: pytest.MonkeyP
     with pytest.raises(SettingsError, match="IRONCART_SECRET_KEY"):
         load_settings()
     monkeypatch.setenv("IRONCART_SECRET_KEY", "a-real-production-secret-of-some-length")
+    monkeypatch.setenv("IRONCART_SHIPPING__CARRIER_API_KEY", "ck_live_a-real-carrier-key")
+    monkeypatch.setenv("IRONCART_SHIPPING__WEBHOOK_SECRETS", '{"sandbox": "a-real-whsec-value"}')
     assert load_settings().environment == "production"
+
+
+@pytest.mark.parametrize(
+    ("shipping", "refused"),
+    [
+        pytest.param({}, "IRONCART_SHIPPING__CARRIER_API_KEY and", id="defaults"),
+        pytest.param(
+            {"webhook_secrets": {"sandbox": "a-real-whsec-value"}},
+            "IRONCART_SHIPPING__CARRIER_API_KEY must",
+            id="test-api-key",
+        ),
+        pytest.param(
+            {
+                "carrier_api_key": "ck_live_a-real-carrier-key",
+                "webhook_secrets": {"other": "a-real-whsec-value",
+                                    "sandbox": "sandbox-carrier-webhook-secret"},
+            },
+            "IRONCART_SHIPPING__WEBHOOK_SECRETS must",
+            id="test-webhook-secret",
+        ),
+    ],
+)  # fmt: skip
+def test_sandbox_carrier_credentials_are_refused_in_production(
+    shipping: dict[str, object], refused: str
+) -> None:
+    production = {"environment": "production", "secret_key": "a-real-production-secret-value"}
+    with pytest.raises(SettingsError, match=refused):
+        load_settings(**production, shipping=shipping)
+    assert load_settings(environment="test", shipping=shipping).shipping.placeholders()
 
 
 def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

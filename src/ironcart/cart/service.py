@@ -93,7 +93,7 @@ class CartService:
     async def open_customer_cart(self, *, user_id: str) -> tuple[PricedCart, bool]:
         """The customer's open cart, created if there is none; (cart, created)."""
         for _ in range(self._max_attempts):
-            async with self._uow() as uow:
+            async with self._uow().reading() as uow:
                 existing = await uow.carts.get_open_for_owner(user_id)
             if existing is not None:
                 return await self._priced(existing), False
@@ -121,7 +121,7 @@ class CartService:
 
     async def get_cart(self, *, cart_id: str, access: Access) -> PricedCart:
         """The cart repriced now; `CartNotFound` unless `access` is its owner or its token."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             cart = await uow.carts.get(cart_id)
         if cart is None or not cart.reachable_by(access):
             raise CartNotFound
@@ -285,7 +285,7 @@ class CartService:
 
     async def customer_cart(self, *, cart_id: str, user_id: str) -> CartSnapshot:
         """The customer's open cart as stored (for checkout); `CartNotFound` if not theirs."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             cart = await uow.carts.get(cart_id)
         if cart is None or cart.owner_id is None or not cart.reachable_by(Access(user_id=user_id)):
             raise CartNotFound

@@ -168,7 +168,7 @@ class CatalogService:
 
     async def get_product(self, *, id_or_slug: str, include_unpublished: bool = False) -> Product:
         """A product with its variants, by id or slug; unpublished ones only for staff."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             product = await uow.products.get(id_or_slug) or await uow.products.get_by_slug(
                 id_or_slug
             )
@@ -178,7 +178,7 @@ class CatalogService:
 
     async def product_page(self, *, id_or_slug: str) -> tuple[Product, dict[str, int]]:
         """A published product and its availability per SKU, read in one query (for shoppers)."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             found = await uow.products.page(id_or_slug)
         if found is None or not found[0].published:
             raise ProductNotFound
@@ -186,17 +186,17 @@ class CatalogService:
 
     async def count_products(self) -> int:
         """How many products the catalog holds (published or not)."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.products.count()
 
     async def availability(self, *, product_id: str) -> dict[str, int]:
         """Sellable units per SKU of a product, as last reported by inventory."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.products.availability(product_id)
 
     async def list_products(self, *, query: ListingQuery) -> ListingPage:
         """One page of a listing or a search."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             if query.category_path is not None:
                 category = await uow.categories.get(query.category_path)
                 if category is None:
@@ -206,7 +206,7 @@ class CatalogService:
 
     async def collection_id(self, *, slug: str) -> str:
         """The id of the collection named by `slug`."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             collection_id = await uow.collections.get_id(slug)
         if collection_id is None:
             raise CategoryNotFound("No such collection.")
@@ -292,7 +292,7 @@ class CatalogService:
         wanted = [sku for sku in dict.fromkeys(skus) if SKU_PATTERN.match(sku)][:500]
         if not wanted:
             return {}
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             found = await uow.products.variants_by_sku(wanted)
         return {
             variant.sku: VariantSnapshot(
@@ -335,7 +335,7 @@ class CatalogService:
         """Re-read every SKU's availability from inventory (repairs missed events); returns SKUs."""
         after, synced = "", 0
         while True:
-            async with self._uow() as uow:
+            async with self._uow().reading() as uow:
                 skus = await uow.products.skus_after(after, limit=batch)
             if not skus:
                 break
@@ -405,12 +405,12 @@ class CatalogService:
 
     async def categories(self) -> list[Category]:
         """Every category, in display order (the API nests them into a tree)."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.categories.list_all()
 
     async def get_category(self, *, id_or_slug: str) -> Category:
         """One category by id or slug."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             category = await uow.categories.get(id_or_slug)
         if category is None:
             raise CategoryNotFound

@@ -63,3 +63,16 @@ class OrderStatusChanged:
     to_status: str
     actor: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderForFulfilment:
+    """What shipping needs of an order: who owns it, where it stands, what was ordered, where
+    it goes (`lines` as (sku, quantity) pairs, one per SKU)."""
+
+    order_id: str
+    customer_id: str
+    status: str
+    lines: tuple[tuple[str, int], ...]
+    country: str
+    postal_code: str

@@ -127,7 +127,7 @@ class IdentityService:
 
     async def get_user(self, *, user_id: str) -> User:
         """The account of `user_id`, or `UserNotFound`."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             user = await uow.users.get(user_id)
         if user is None or not user.is_active:
             raise UserNotFound
@@ -179,7 +179,7 @@ class IdentityService:
         return await self._token_pair(user.id, scopes, refresh)
 
     async def _authenticate(self, address: str, password: str) -> User | None:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             user = await uow.users.get_by_email(address)
         if user is None or not user.is_active:
             await self._hasher.verify_against_nothing(password)
@@ -227,7 +227,7 @@ class IdentityService:
         self, *, client_id: str, client_secret: str, scope: frozenset[str]
     ) -> TokenPair:
         """RFC 6749 4.4: a service client's token, with the scopes it was registered for."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             client = await uow.clients.get(client_id)
         expected = client.secret_digest if client is not None else "0" * 64
         matches = hmac.compare_digest(expected, token_digest(client_secret))
@@ -349,7 +349,7 @@ class IdentityService:
         if cached is not None and time.monotonic() - cached[1] < JWKS_CACHE_SECONDS:
             return cached[0]
         ttl = timedelta(seconds=self._settings.access_token_ttl_seconds)
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             rows = await uow.signing_keys.published(retired_after=self._clock() - ttl - CLOCK_SKEW)
         keys = [json.loads(row) for row in rows]
         if keys:  # an empty set (no key made yet) is not worth keeping
@@ -360,7 +360,7 @@ class IdentityService:
         cached = self._signing_key
         if cached is not None and time.monotonic() - cached[1] < SIGNING_KEY_CACHE_SECONDS:
             return cached[0]
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             newest = await uow.signing_keys.newest_active()
         if newest is None:
             await self.rotate_signing_key()

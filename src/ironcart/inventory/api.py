@@ -61,6 +61,26 @@ class StockUpdate(StrictModel):
         return levels
 
 
+class TransferCreate(StrictModel):
+    from_warehouse: WarehouseCode
+    to_warehouse: WarehouseCode
+    quantity: Annotated[int, Field(ge=1, le=MAX_STOCK)]
+    reason: Reason
+
+    @model_validator(mode="after")
+    def _two_warehouses(self) -> TransferCreate:
+        if self.from_warehouse == self.to_warehouse:
+            raise ValueError("a transfer goes to another warehouse")
+        return self
+
+
+class ReturnCreate(StrictModel):
+    warehouse: WarehouseCode
+    quantity: Annotated[int, Field(ge=1, le=MAX_STOCK)]
+    reason: Reason
+    reference: Annotated[str | None, Field(min_length=1, max_length=64)] = None  # e.g. the order
+
+
 class AdjustmentCreate(StrictModel):
     warehouse: WarehouseCode
     delta: Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK)]
@@ -205,6 +225,37 @@ async def adjust_stock(
         actor=_actor(staff),
     )
     return _with_etag(stock, response)
+
+
+@router.post("/api/v1/inventory/{sku}/transfers", response_model=StockRead)
+async def transfer_stock(
+    sku: Sku, body: TransferCreate, response: Response, staff: StaffOnly, inventory: Inventory
+) -> StockRead:
+    """Move units on hand between two warehouses (one transaction, two ledger rows)."""
+    stock = await inventory.transfer(
+        sku=sku,
+        source=body.from_warehouse,
+        target=body.to_warehouse,
+        quantity=body.quantity,
+        reason=body.reason,
+        actor=_actor(staff),
+    )
+    return _with_etag(stock, response)
+
+
+@router.post("/api/v1/inventory/{sku}/returns", response_model=StockRead)
+async def return_stock(
+    sku: Sku, body: ReturnCreate, response: Response, staff: StaffOnly, inventory: Inventory
+) -> StockRead:
+    """Returned goods back on the shelf through the ledger (a "return" movement)."""
+    await inventory.restock_return(
+        sku=sku,
+        warehouse=body.warehouse,
+        quantity=body.quantity,
+        reference=body.reference or _actor(staff),
+        reason=body.reason,
+    )
+    return _with_etag(await inventory.get_stock(sku=sku), response)
 
 
 @router.get("/api/v1/warehouses", response_model=list[WarehouseRead])

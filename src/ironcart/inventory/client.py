@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.service import InventoryService
@@ -48,6 +50,13 @@ class InventoryClient(Protocol):
 
     async def check_available(self, *, lines: Sequence[tuple[str, int]]) -> None:
         """`InsufficientStock` (409) now if the lines cannot be held: a read, no hold."""
+        ...
+
+    async def sell_in_branch(
+        self, connection: AsyncConnection, *, reference: str, lines: Sequence[tuple[str, int]]
+    ) -> Callable[[], Awaitable[None]]:
+        """XA branch on inventory's database: sell the lines, all or nothing (409), without
+        committing; returns the announcement to await after the XA commit."""
         ...
 
 
@@ -96,3 +105,9 @@ class InProcessInventoryClient:
     async def check_available(self, *, lines: Sequence[tuple[str, int]]) -> None:
         """Check through the inventory service in this process."""
         await self._service.check_available(lines=lines)
+
+    async def sell_in_branch(
+        self, connection: AsyncConnection, *, reference: str, lines: Sequence[tuple[str, int]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Sell through the inventory service in this process, in the caller's XA branch."""
+        return await self._service.sell_in_branch(connection, reference=reference, lines=lines)

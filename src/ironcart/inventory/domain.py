@@ -179,6 +179,7 @@ class MovementKind(StrEnum):
     SALE = "sale"
     RETURN = "return"
     EXPIRY = "expiry"
+    TRANSFER = "transfer"  # a pair: out of one warehouse, into another, one transaction
 
 
 class Outcome(StrEnum):

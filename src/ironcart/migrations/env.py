@@ -7,14 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import ironcart.cart.repository
-import ironcart.catalog.repository
-import ironcart.identity.repository
-import ironcart.inventory.repository
-import ironcart.ordering.repository
-import ironcart.payments.repository
-import ironcart.platform.txn.tables  # noqa: F401 - each import registers its tables
-from ironcart.platform.database import create_engine, metadata
+from ironcart.platform.database import create_engine
+from ironcart.schema import metadata
 
 config = context.config
 

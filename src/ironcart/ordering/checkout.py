@@ -41,7 +41,6 @@ from ironcart.ordering.domain import (
     OrderLine,
     OrderStatus,
     PricedItem,
-    UnknownShippingMethod,
     UnsellableItems,
     compute_totals,
     merge_lines,
@@ -54,6 +53,7 @@ from ironcart.platform.security.crypto import SecretBox
 from ironcart.platform.settings import OrderingSettings
 from ironcart.platform.txn.fence import FenceError
 from ironcart.platform.txn.tcc import Branch, TccCoordinator, TransactionAborted, TxnState
+from ironcart.shipping.client import ShippingClient
 
 _log = structlog.get_logger("ironcart.ordering")
 
@@ -102,6 +102,7 @@ class Checkout:
         catalog: CatalogClient,
         cart: CartClient,
         inventory: InventoryClient,
+        shipping: ShippingClient,
         address_box: SecretBox,
         settings: OrderingSettings,
         outbox_written: Callable[[], None] = lambda: None,
@@ -112,6 +113,7 @@ class Checkout:
         self._catalog = catalog
         self._cart = cart
         self._inventory = inventory
+        self._shipping = shipping
         self._box = address_box
         self._settings = settings
         self._outbox_written = outbox_written
@@ -234,7 +236,7 @@ class Checkout:
         return found if found is not None else await self._claim(request, digest)
 
     async def _read_key(self, request: CheckoutRequest) -> IdempotencyRecord | None:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.idempotency.get(request.customer_id, request.idempotency_key)
 
     async def _take_over(self, request: CheckoutRequest) -> bool:
@@ -305,13 +307,16 @@ class Checkout:
         items = await self._price(lines)
         # Sold out: refuse before writing anything (a crowd on the last units costs reads).
         await self._inventory.check_available(lines=lines)
-        rate = self._settings.shipping_methods.get(request.shipping_method)
-        if rate is None:
-            raise UnknownShippingMethod(
-                f"No shipping method {request.shipping_method!r}.",
-                methods=sorted(self._settings.shipping_methods),
-            )
         currency = items[0].unit_price.currency
+        # Shipping prices the parcel: its zone (country, postal code), weight and subtotal.
+        rate = await self._shipping.quote(
+            method_code=request.shipping_method,
+            country=request.shipping_address.get("country", ""),
+            postal_code=request.shipping_address.get("postal_code"),
+            weight_grams=sum(item.weight_grams * item.quantity for item in items),
+            subtotal=sum((item.unit_price.amount * item.quantity for item in items), Decimal(0)),
+            currency=currency,
+        )
         totals = compute_totals(
             items, shipping=Money.of(rate, currency), tax_rate=self._settings.tax_rate
         )
@@ -372,14 +377,14 @@ class Checkout:
         load: Loader,
     ) -> CheckoutAnswer:
         try:
-            await self._begin(request, order)
+            branches = await self._begin(request, order)
         except CheckoutInProgress:
             raise  # another request holds the key now; nothing of ours was stored
         except BaseException:
             await self._forget(request)  # the order's transaction rolled back: nothing stands
             raise
         try:
-            state = await self._coordinator.execute(order.xid, kind="checkout")
+            state = await self._coordinator.execute(order.xid, kind="checkout", branches=branches)
         except IronCartError as error:
             await self._store_error(request, error)
             raise
@@ -409,8 +414,38 @@ class Checkout:
             )
             await uow.commit()
 
-    async def _begin(self, request: CheckoutRequest, order: Order) -> None:
+    async def _begin(self, request: CheckoutRequest, order: Order) -> list[Branch]:
         sealed = self._box.seal(orjson.dumps(order.shipping_address))
+        branches = [
+            Branch(
+                "inventory",
+                "inventory",
+                {
+                    "lines": [[line.sku, line.quantity] for line in order.lines],
+                    "ttl_seconds": self._settings.reservation_ttl_seconds,
+                },
+            ),
+            Branch(
+                "payment",
+                "payments",
+                {
+                    "order_id": order.id,
+                    "amount": str(order.total.amount),
+                    "currency": order.currency,
+                    "card_token": request.card_token,
+                },
+            ),
+            Branch(
+                "order",
+                "ordering",
+                {
+                    "order_id": order.id,
+                    "customer_id": order.customer_id,
+                    "total": str(order.total.amount),
+                    "currency": order.currency,
+                },
+            ),
+        ]
         async with self._uow() as uow:
             await uow.orders.add(order, sealed_address=sealed)
             if not await uow.idempotency.attach_order(
@@ -438,33 +473,11 @@ class Checkout:
                 subject="ordering.OrderPlaced",
             )
             await self._coordinator.begin(
-                uow.session,
-                xid=order.xid,
-                kind="checkout",
-                branches=[
-                    Branch(
-                        "inventory",
-                        "inventory",
-                        {
-                            "lines": [[line.sku, line.quantity] for line in order.lines],
-                            "ttl_seconds": self._settings.reservation_ttl_seconds,
-                        },
-                    ),
-                    Branch(
-                        "payment",
-                        "payments",
-                        {
-                            "order_id": order.id,
-                            "amount": str(order.total.amount),
-                            "currency": order.currency,
-                            "card_token": request.card_token,
-                        },
-                    ),
-                    Branch("order", "ordering", {"order_id": order.id}),
-                ],
+                uow.session, xid=order.xid, kind="checkout", branches=branches
             )
             await uow.commit()
         self._outbox_written()
+        return branches
 
     async def _close_cart(self, request: CheckoutRequest, version: int) -> None:
         assert request.cart_id is not None  # noqa: S101 - checked by the caller

@@ -7,7 +7,6 @@ IronCartError
  ├── IdempotencyKeyReused        422 (same key, different body)
  ├── EmptyCheckout               422
  ├── UnsellableItems             422 (unknown / unpublished SKU, mixed currencies)
- ├── UnknownShippingMethod       422
  └── RefundExceedsCaptured       409
 """
 
@@ -52,11 +51,25 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
     S.REFUNDED: frozenset(),
     S.CANCELLED: frozenset(),
 }
-# A customer may cancel until the order ships; money captured is then refunded in full.
+# A customer may cancel until the order ships (until staff start shipping it: see
+# `Order.fulfilment_started`); money captured is then refunded in full.
 CANCELLABLE = frozenset({S.PAID})
+# Staff may ship (some of) what is left of these.
+SHIPPABLE = frozenset({S.PAID, S.PARTIALLY_FULFILLED})
 REFUNDABLE = frozenset(
     {S.PAID, S.PARTIALLY_FULFILLED, S.FULFILLED, S.DELIVERED, S.PARTIALLY_REFUNDED}
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KnownOrder:
+    """What checkout stores about its order with the TCC transaction (the order branch's
+    payload): enough to move the order and announce it without reading it first."""
+
+    order_id: str
+    customer_id: str
+    total: Decimal
+    currency: str
 
 
 class OrderNotFound(NotFound):
@@ -97,11 +110,6 @@ class EmptyCheckout(InvalidRequest):
 class UnsellableItems(InvalidRequest):
     code = "ordering.unsellable_items"
     title = "Items cannot be sold"
-
-
-class UnknownShippingMethod(InvalidRequest):
-    code = "ordering.unknown_shipping_method"
-    title = "Unknown shipping method"
 
 
 class RefundExceedsCaptured(Conflict):
@@ -210,6 +218,7 @@ class Order:
     updated_at: datetime
     lines: list[OrderLine] = field(default_factory=list)
     history: list[Transition] = field(default_factory=list)
+    fulfilment_started: bool = False  # staff began shipping: no more customer cancellation
 
     def refundable(self) -> Money:
         return self.total - self.refunded

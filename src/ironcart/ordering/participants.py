@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from ironcart.inventory.client import InventoryClient
+from ironcart.ordering.domain import KnownOrder
 from ironcart.ordering.service import OrderingService
 from ironcart.payments.client import PaymentsClient
 
@@ -63,10 +64,21 @@ class OrderBranch:
         self._ordering = ordering
 
     async def try_(self, xid: str, payload: Mapping[str, Any]) -> None:
-        await self._ordering.branch_try(str(payload["order_id"]))
+        await self._ordering.branch_try(str(payload["order_id"]), _known(payload))
 
     async def confirm(self, xid: str, payload: Mapping[str, Any]) -> None:
-        await self._ordering.branch_confirm(str(payload["order_id"]))
+        await self._ordering.branch_confirm(str(payload["order_id"]), _known(payload))
 
     async def cancel(self, xid: str, payload: Mapping[str, Any]) -> None:
         await self._ordering.branch_cancel(str(payload["order_id"]))
+
+
+def _known(payload: Mapping[str, Any]) -> KnownOrder | None:
+    if "customer_id" not in payload:  # stored before the payload carried it
+        return None
+    return KnownOrder(
+        order_id=str(payload["order_id"]),
+        customer_id=str(payload["customer_id"]),
+        total=Decimal(str(payload["total"])),
+        currency=str(payload["currency"]),
+    )

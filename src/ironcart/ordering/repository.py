@@ -56,6 +56,8 @@ orders = Table(
     Column("version", Integer, nullable=False),
     # Cancelled after payment, refund and restock not yet confirmed (finish_cancellations).
     Column("compensation_pending", Boolean, nullable=False),
+    # Staff began shipping it: the customer can no longer cancel (shipping's port sets it).
+    Column("fulfilment_started", Boolean, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Index(
@@ -141,6 +143,7 @@ class OrderRepository:
                 xid=order.xid,
                 version=order.version,
                 compensation_pending=False,
+                fulfilment_started=False,
                 created_at=order.created_at,
                 updated_at=order.updated_at,
             )
@@ -237,8 +240,10 @@ class OrderRepository:
         now: datetime,
         refunded_minor: int | None = None,
         compensation_pending: bool | None = None,
+        unless_fulfilling: bool = False,
     ) -> bool:
-        """The conditional status change and its history row; False if the order moved on."""
+        """The conditional status change and its history row; False if the order moved on
+        (or, with `unless_fulfilling`, if its fulfilment has started)."""
         values: dict[str, object] = {
             "status": target.value,
             "version": orders.c.version + 1,
@@ -248,11 +253,10 @@ class OrderRepository:
             values["compensation_pending"] = compensation_pending
         if refunded_minor is not None:
             values["refunded_minor"] = refunded_minor
-        result = await self._session.execute(
-            update(orders)
-            .where(and_(orders.c.id == order_id, orders.c.status == source.value))
-            .values(**values)
-        )
+        condition = and_(orders.c.id == order_id, orders.c.status == source.value)
+        if unless_fulfilling:
+            condition = and_(condition, orders.c.fulfilment_started.is_(False))
+        result = await self._session.execute(update(orders).where(condition).values(**values))
         if not result.rowcount:  # type: ignore[attr-defined]
             return False
         await self._session.execute(
@@ -266,6 +270,22 @@ class OrderRepository:
             )
         )
         return True
+
+    async def start_fulfilment(
+        self, order_id: str, *, shippable: Sequence[OrderStatus], now: datetime
+    ) -> bool:
+        """Mark the order as being fulfilled, if it is in a shippable state (else False)."""
+        result = await self._session.execute(
+            update(orders)
+            .where(
+                and_(
+                    orders.c.id == order_id,
+                    orders.c.status.in_([status.value for status in shippable]),
+                )
+            )
+            .values(fulfilment_started=True, updated_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def compensated(self, order_id: str, refunded_minor: int, *, now: datetime) -> None:
         """The refund and restock of a cancelled paid order are done."""
@@ -312,6 +332,7 @@ def _order(row: object) -> Order:
         shipping_address={},
         xid=r.xid,  # type: ignore[attr-defined]
         version=r.version,  # type: ignore[attr-defined]
+        fulfilment_started=bool(r.fulfilment_started),  # type: ignore[attr-defined]
         created_at=_aware(r.created_at),  # type: ignore[attr-defined]
         updated_at=_aware(r.updated_at),  # type: ignore[attr-defined]
     )

@@ -25,12 +25,16 @@ from ironcart.contracts.ordering import (
     OrderRefunded,
     OrderStatusChanged,
 )
+from ironcart.contracts.shipping import ShipmentCreated, ShipmentDelivered
 from ironcart.inventory.client import InventoryClient
 from ironcart.ordering.checkout import Checkout, CheckoutAnswer, CheckoutRequest
 from ironcart.ordering.domain import (
     CANCELLABLE,
     REFUNDABLE,
+    SHIPPABLE,
+    TRANSITIONS,
     IllegalTransition,
+    KnownOrder,
     Order,
     OrderNotFound,
     OrderStatus,
@@ -45,6 +49,7 @@ from ironcart.platform.outbox import record
 from ironcart.platform.security.crypto import SecretBox
 
 SYSTEM = "system:checkout"
+SHIPPING = "system:shipping"
 _log = structlog.get_logger("ironcart.ordering")
 
 
@@ -109,7 +114,7 @@ class OrderingService:
         limit: int = 20,
     ) -> OrderPage:
         """Newest first, keyset-paginated; `customer_id=None` is the staff view of all orders."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             rows = await uow.orders.page(
                 customer_id=customer_id,
                 statuses=statuses,
@@ -134,6 +139,11 @@ class OrderingService:
                 f"An order that is {order.status.value} cannot be cancelled.",
                 current=order.status.value,
             )
+        if order.fulfilment_started:
+            raise IllegalTransition(
+                "The order is being shipped and can no longer be cancelled.",
+                current=order.status.value,
+            )
         moved = await self._transition(
             order,
             OrderStatus.CANCELLED,
@@ -141,6 +151,7 @@ class OrderingService:
             reason=reason,
             events=[OrderCancelled(order.id, order.customer_id, reason)],
             compensation_pending=True,
+            unless_fulfilling=True,
         )
         if not moved:
             return await self.cancel_order(
@@ -156,7 +167,7 @@ class OrderingService:
 
     async def finish_cancellations(self, *, limit: int = 100) -> int:
         """Refund and restock cancelled paid orders whose compensation did not finish."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             order_ids = await uow.orders.pending_compensations(limit=limit)
         finished = 0
         for order_id in order_ids:
@@ -231,19 +242,96 @@ class OrderingService:
                 return
         raise IllegalTransition("The order kept changing while it was refunded; reload it.")
 
-    # -- the order's TCC branch -------------------------------------------------------------
+    # -- fulfilment (shipping's events) ----------------------------------------------------
 
-    async def branch_try(self, order_id: str) -> None:
-        """Stock and payment are held: the order awaits its capture."""
-        await self._branch_move(
-            order_id,
-            OrderStatus.PENDING,
-            OrderStatus.AWAITING_PAYMENT,
-            "stock held, payment authorized",
+    async def begin_fulfilment(self, order_id: str) -> bool:
+        """Staff start shipping the order (shipping asks before it calls the carrier): from
+        now on the customer cannot cancel it. False if the order is not shippable (any more:
+        a cancellation that came first wins)."""
+        async with self._uow() as uow:
+            started = await uow.orders.start_fulfilment(
+                order_id, shippable=sorted(SHIPPABLE), now=self._clock()
+            )
+            await uow.commit()
+        return started
+
+    async def on_shipment_created(self, event: ShipmentCreated) -> None:
+        """Some units shipped: partially fulfilled; every unit shipped: fulfilled."""
+        target = (
+            OrderStatus.FULFILLED if event.order_fully_shipped else OrderStatus.PARTIALLY_FULFILLED
+        )
+        await self._follow_shipping(
+            event.order_id,
+            target,
+            sources={OrderStatus.PAID, OrderStatus.PARTIALLY_FULFILLED},
+            reason=f"shipment {event.shipment_id} ({event.carrier} {event.tracking_number})",
         )
 
-    async def branch_confirm(self, order_id: str) -> None:
+    async def on_shipment_delivered(self, event: ShipmentDelivered) -> None:
+        """The last shipment of a fully shipped order delivered: the order is delivered."""
+        if not event.all_delivered:
+            return
+        # Everything was shipped, even if that news is still on its way (a redelivered or
+        # reordered ShipmentCreated): fulfilled first, then delivered.
+        await self._follow_shipping(
+            event.order_id,
+            OrderStatus.FULFILLED,
+            sources={OrderStatus.PAID, OrderStatus.PARTIALLY_FULFILLED},
+            reason=f"every unit shipped (reported with the delivery of {event.shipment_id})",
+        )
+        await self._follow_shipping(
+            event.order_id,
+            OrderStatus.DELIVERED,
+            sources={OrderStatus.FULFILLED},
+            reason=f"shipment {event.shipment_id} delivered, every shipment delivered",
+        )
+
+    async def _follow_shipping(
+        self, order_id: str, target: OrderStatus, *, sources: set[OrderStatus], reason: str
+    ) -> None:
+        """Move the order as shipping reports; a repeat or a late event changes nothing (the
+        move is conditional on the state it was read in, so the bus may redeliver)."""
+        for _ in range(5):
+            order = await self._get_or_none(order_id)
+            if order is None or order.status is target or order.status not in sources:
+                if order is not None and order.status not in sources | {target}:
+                    _log.info(
+                        "ordering_shipping_event_ignored",
+                        order_id=order_id,
+                        status=order.status.value,
+                        target=target.value,
+                    )
+                return
+            if target not in TRANSITIONS[order.status]:
+                return
+            if await self._transition(order, target, actor=SHIPPING, reason=reason):
+                return
+        raise IllegalTransition("The order kept changing while shipping moved it; retried later.")
+
+    # -- the order's TCC branch -------------------------------------------------------------
+
+    async def branch_try(self, order_id: str, known: KnownOrder | None = None) -> None:
+        """Stock and payment are held: the order awaits its capture.
+
+        `known`: what checkout stored with the transaction, so the move needs no read first.
+        """
+        reason = "stock held, payment authorized"
+        if known is not None and await self._move_known(
+            known, OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT, reason
+        ):
+            return
+        await self._branch_move(order_id, OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT, reason)
+
+    async def branch_confirm(self, order_id: str, known: KnownOrder | None = None) -> None:
         """Captured and sold: the order is paid."""
+        if known is not None and await self._move_known(
+            known,
+            OrderStatus.AWAITING_PAYMENT,
+            OrderStatus.PAID,
+            "payment captured",
+            events=[OrderPaid(known.order_id, known.customer_id, known.total, known.currency)],
+        ):
+            return
         order = await self._get(order_id)
         if order.status is OrderStatus.PENDING:  # recovery confirming a try it never saw finish
             await self.branch_try(order_id)
@@ -259,6 +347,10 @@ class OrderingService:
             reason="payment captured",
             events=[OrderPaid(order.id, order.customer_id, order.total.amount, order.currency)],
         )
+
+    async def mark_paid(self, known: KnownOrder) -> None:
+        """XA checkout: the order committed with its stock and its payment was captured."""
+        await self.branch_confirm(known.order_id, known)
 
     async def branch_cancel(self, order_id: str, reason: str = "checkout cancelled") -> None:
         """Stock released and payment voided (or never taken): the order is cancelled."""
@@ -314,6 +406,7 @@ class OrderingService:
         refunded: Money | None = None,
         events: Sequence[object] = (),
         compensation_pending: bool | None = None,
+        unless_fulfilling: bool = False,
     ) -> bool:
         check_transition(order.status, target)
         now = self._clock()
@@ -327,6 +420,7 @@ class OrderingService:
                 now=now,
                 refunded_minor=None if refunded is None else refunded.to_minor(),
                 compensation_pending=compensation_pending,
+                unless_fulfilling=unless_fulfilling,
             )
             if not moved:
                 return False
@@ -340,8 +434,41 @@ class OrderingService:
         self._outbox_written()
         return True
 
-    async def _get_or_none(self, order_id: str) -> Order | None:
+    async def _move_known(
+        self,
+        known: KnownOrder,
+        source: OrderStatus,
+        target: OrderStatus,
+        reason: str,
+        *,
+        events: Sequence[object] = (),
+    ) -> bool:
+        """The conditional move of an order known by its TCC payload; False if not in `source`."""
+        check_transition(source, target)
         async with self._uow() as uow:
+            moved = await uow.orders.move(
+                known.order_id,
+                source=source,
+                target=target,
+                actor=SYSTEM,
+                reason=reason,
+                now=self._clock(),
+                refunded_minor=None,
+                compensation_pending=None,
+            )
+            if not moved:
+                return False
+            changed = OrderStatusChanged(
+                known.order_id, known.customer_id, source.value, target.value, SYSTEM, reason
+            )
+            for event in (*events, changed):
+                await record(uow.session, outbox, event, subject=f"ordering.{type(event).__name__}")
+            await uow.commit()
+        self._outbox_written()
+        return True
+
+    async def _get_or_none(self, order_id: str) -> Order | None:
+        async with self._uow().reading() as uow:
             found = await uow.orders.get(order_id)
         if found is None:
             return None

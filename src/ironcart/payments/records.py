@@ -86,23 +86,23 @@ class PaymentRecords:
     # -- reads --------------------------------------------------------------------------------
 
     async def get(self, payment_id: str) -> Payment:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             payment = await uow.payments.get(payment_id)
         if payment is None:
             raise PaymentNotFound(f"No payment {payment_id!r}.")
         return payment
 
     async def list_for_order(self, order_id: str) -> list[Payment]:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.payments.list_for_order(order_id)
 
     async def fence_state(self, xid: str) -> FenceState | None:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.fences.state(xid)
 
     async def find_for(self, reported: ProviderPayment) -> Payment | None:
         """Our payment for a provider's: by its id, else by the reference we gave (our id)."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             found = await uow.payments.get_by_provider_id(self._provider, reported.id)
             if found is None and reported.reference:
                 found = await uow.payments.get(reported.reference)
@@ -111,11 +111,11 @@ class PaymentRecords:
         return found
 
     async def pending_payments(self, *, before: datetime, limit: int) -> list[Payment]:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.payments.pending(before=before, limit=limit)
 
     async def pending_refunds(self, *, before: datetime, limit: int) -> list[Refund]:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.refunds.pending(before=before, limit=limit)
 
     # -- the TCC branch -----------------------------------------------------------------------
@@ -180,7 +180,7 @@ class PaymentRecords:
 
     async def for_confirm(self, xid: str) -> Payment:
         """The payment of a branch that may be confirmed; `FenceConflict` otherwise."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             state = await uow.fences.state(xid)
             payment = await uow.payments.get_by_xid(xid)
         if state is FenceState.CANCELLED:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -31,7 +29,6 @@ from tenacity import (
 )
 
 from ironcart.payments.domain import (
-    SIGNATURE_MAX_LENGTH,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     ProviderStatus,
@@ -45,6 +42,12 @@ from ironcart.payments.gateway import (
     ProviderUnavailable,
     WebhookEvent,
 )
+from ironcart.platform.security.webhooks import (
+    SignatureMismatch,
+    SignatureTooOld,
+    check_signature,
+)
+from ironcart.platform.security.webhooks import sign as sign  # the PSP signs this way too
 
 T = TypeVar("T")
 MAX_INTEGER = 10**15  # amounts in minor units, unix timestamps
@@ -272,48 +275,24 @@ def parse_refund(data: Any) -> ProviderRefund:
 # -- webhooks ---------------------------------------------------------------------------------
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `Sandbox-Signature` header value for `body` sent at `timestamp`."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={digest.hexdigest()}"
-
-
 class SandboxWebhookVerifier:
-    """Checks `Sandbox-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`."""
+    """Checks `Sandbox-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
+    (platform.security.webhooks)."""
 
     def __init__(self, *, secret: str, tolerance_seconds: float = 300.0) -> None:
-        self._secret = secret.encode()
+        self._secret = secret
         self._tolerance = tolerance_seconds
 
     def verify(self, body: bytes, signature_header: str | None, *, now: float) -> WebhookEvent:
-        timestamp, signatures = _signature_parts(signature_header)
-        expected = hmac.new(self._secret, f"{timestamp}.".encode() + body, hashlib.sha256)
-        digest = expected.hexdigest()
-        # Every candidate is compared (in constant time each), whether or not one matched.
-        matches = [hmac.compare_digest(digest, candidate) for candidate in signatures]
-        if not any(matches):
-            raise InvalidWebhookSignature("The webhook signature does not match its body.")
-        if abs(now - timestamp) > self._tolerance:
-            raise WebhookOutsideTolerance(
-                f"The webhook was signed more than {self._tolerance:.0f} s from now."
+        try:
+            check_signature(
+                self._secret, body, signature_header, now=now, tolerance_seconds=self._tolerance
             )
+        except SignatureMismatch as error:
+            raise InvalidWebhookSignature(str(error)) from None
+        except SignatureTooOld as error:
+            raise WebhookOutsideTolerance(str(error)) from None
         return _event(body)
-
-
-def _signature_parts(header: str | None) -> tuple[int, list[str]]:
-    if not header or len(header) > SIGNATURE_MAX_LENGTH:
-        raise InvalidWebhookSignature("The Sandbox-Signature header is missing or too long.")
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
-            timestamp = int(value)
-        elif name == "v1" and value:
-            signatures.append(value.lower())
-    if timestamp is None or not signatures:
-        raise InvalidWebhookSignature("The Sandbox-Signature header is malformed.")
-    return timestamp, signatures
 
 
 def _event(body: bytes) -> WebhookEvent:

@@ -6,6 +6,7 @@ Every context declares its tables on `metadata` with its own name prefix
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
@@ -108,6 +109,14 @@ class UnitOfWork:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
         self._session: AsyncSession | None = None
+        self._reading = False
+
+    def reading(self) -> Self:
+        """Only reads: on PostgreSQL each statement runs on its own (autocommit), which spares
+        the BEGIN and ROLLBACK round trips of a transaction. Use it where a use case reads
+        one consistent row set per statement and never writes; `commit()` is then refused."""
+        self._reading = True
+        return self
 
     @property
     def session(self) -> AsyncSession:
@@ -116,7 +125,8 @@ class UnitOfWork:
         return self._session
 
     async def __aenter__(self) -> Self:
-        self._session = self._session_factory()
+        factory = _autocommit_sessions(self._session_factory) if self._reading else None
+        self._session = (factory or self._session_factory)()
         self._open_repositories(self._session)
         return self
 
@@ -136,6 +146,8 @@ class UnitOfWork:
         await session.close()
 
     async def commit(self) -> None:
+        if self._reading:
+            raise RuntimeError("a reading unit of work cannot commit")
         await self.session.commit()
 
     async def rollback(self) -> None:
@@ -158,6 +170,40 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+_AUTOCOMMIT: weakref.WeakKeyDictionary[
+    async_sessionmaker[AsyncSession], async_sessionmaker[AsyncSession] | None
+] = weakref.WeakKeyDictionary()
+
+
+def reading_sessions(
+    sessions: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for statements that only read (see `UnitOfWork.reading`)."""
+    return _autocommit_sessions(sessions) or sessions
+
+
+def _autocommit_sessions(
+    sessions: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession] | None:
+    """The same sessions in autocommit mode (PostgreSQL: asyncpg then sends no BEGIN and no
+    ROLLBACK, a local flag on the pooled connection); None where that buys nothing (MySQL
+    switches autocommit with a statement each way; SQLite's transactions are local)."""
+    try:
+        return _AUTOCOMMIT[sessions]
+    except KeyError:
+        pass
+    engine = sessions.kw.get("bind")
+    found: async_sessionmaker[AsyncSession] | None = None
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
+        found = async_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+            autoflush=False,
+        )
+    _AUTOCOMMIT[sessions] = found
+    return found
+
+
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 __all__ = [
@@ -170,5 +216,6 @@ __all__ = [
     "is_transient",
     "metadata",
     "ping",
+    "reading_sessions",
     "session_factory",
 ]

@@ -12,7 +12,7 @@ import os
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -23,6 +23,9 @@ from pydantic_settings import (
 )
 
 DEVELOPMENT_SECRET = "development-only-secret-change-me"  # noqa: S105 - refused outside development
+# The sandbox carrier's published test credentials: refused in production.
+SANDBOX_CARRIER_API_KEY = "ck_test_ironcart"
+SANDBOX_CARRIER_WEBHOOK_SECRET = "sandbox-carrier-webhook-secret"  # noqa: S105 - refused in production
 
 
 class Environment(StrEnum):
@@ -96,14 +99,6 @@ class CatalogSettings(_Section):
 class OrderingSettings(_Section):
     # Tax on subtotal + shipping, e.g. 0.2 for 20 %; rounded half-up to the minor unit.
     tax_rate: Decimal = Field(default=Decimal("0"), ge=0, le=1)
-    # Flat-rate shipping methods (price in the order's currency; zones/weights: shipping).
-    shipping_methods: dict[str, Decimal] = Field(
-        default_factory=lambda: {
-            "standard": Decimal("5.00"),
-            "express": Decimal("15.00"),
-            "pickup": Decimal("0.00"),
-        }
-    )
     # Stock held by a checkout is a safety net only: the coordinator decides in seconds.
     reservation_ttl_seconds: int = Field(default=900, ge=60, le=86400)
     idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30)
@@ -148,6 +143,70 @@ class PaymentsSettings(_Section):
         if self.reconcile_after_seconds <= self.call_deadline_seconds:
             raise ValueError("reconcile_after_seconds must exceed call_deadline_seconds")
         return self
+
+
+class ShippingSettings(_Section):
+    """The carriers. The defaults point at the sandbox carrier (`ironcart sandbox-carrier`);
+    its API key and webhook secret are published test values, refused in production (anyone
+    could sign tracking events with that secret): a real deployment sets
+    IRONCART_SHIPPING__CARRIER_API_KEY and IRONCART_SHIPPING__WEBHOOK_SECRETS."""
+
+    carrier_url: str = Field(default="http://127.0.0.1:8791", pattern="^https?://")
+    carrier_api_key: str = Field(default=SANDBOX_CARRIER_API_KEY, min_length=1)
+    # Per carrier (the `{carrier}` of the webhook path): a carrier not listed is unknown (404).
+    webhook_secrets: dict[str, str] = Field(
+        default_factory=lambda: {"sandbox": SANDBOX_CARRIER_WEBHOOK_SECRET}
+    )
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    connect_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    request_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    call_deadline_seconds: float = Field(default=15.0, gt=0, le=300)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    # Shipments still without a label this long after they were made (the carrier was down,
+    # or the process died before its answer was recorded) are asked for again.
+    resume_after_seconds: float = Field(default=60.0, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _resume_after_every_call_ended(self) -> ShippingSettings:
+        # A shipment whose first call may still be running is not resumed.
+        if self.resume_after_seconds <= self.call_deadline_seconds:
+            raise ValueError("resume_after_seconds must exceed call_deadline_seconds")
+        return self
+
+    def placeholders(self) -> list[str]:
+        """The settings still holding the sandbox carrier's published test values."""
+        found = []
+        if self.carrier_api_key == SANDBOX_CARRIER_API_KEY:
+            found.append("IRONCART_SHIPPING__CARRIER_API_KEY")
+        if SANDBOX_CARRIER_WEBHOOK_SECRET in self.webhook_secrets.values():
+            found.append("IRONCART_SHIPPING__WEBHOOK_SECRETS")
+        return found
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _carrier_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for carrier, secret in value.items():
+            if not carrier or len(carrier) > 32 or not carrier.replace("_", "").isalnum():
+                raise ValueError(f"not a carrier name: {carrier!r}")
+            if len(secret) < 8:
+                raise ValueError(f"the webhook secret of {carrier!r} is shorter than 8")
+        return value
+
+
+class XaSettings(_Section):
+    """Two-phase commit across databases (`IRONCART_CHECKOUT_TXN=xa`, `platform.txn.xa`)."""
+
+    # A prepared transaction still `preparing` this long (its coordinator died) is rolled
+    # back by recovery; so is a prepared branch of ours that has no log row.
+    in_doubt_seconds: float = Field(default=60.0, ge=1, le=3600)
+    recovery_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    # Starts every gid: unique per deployment when deployments share a database server
+    # (MariaDB's XA RECOVER lists the whole server's prepared transactions).
+    gid_prefix: str = Field(default="ironcart", pattern="^[a-z][a-z0-9]{0,11}$")
+    # Chaos tests: the coordinator SIGKILLs itself there. Refused in production.
+    crash_points: frozenset[Literal["after_prepare", "after_decision", "after_first_commit"]] = (
+        frozenset()
+    )
 
 
 class ServerSettings(_Section):
@@ -201,12 +260,19 @@ class Settings(BaseSettings):
     secret_key: str = Field(default=DEVELOPMENT_SECRET, min_length=16)
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     log_json: bool = True
+    # How checkout commits across orders and inventory: TCC (any store) or XA two-phase
+    # commit (PostgreSQL / MySQL only; for orders and inventory in different databases).
+    checkout_txn: Literal["tcc", "xa"] = "tcc"
+    # Inventory's own database; None: the main database.
+    inventory_database_url: str | None = None
+    xa: XaSettings = XaSettings()
     identity: IdentitySettings = IdentitySettings()
     catalog: CatalogSettings = CatalogSettings()
     payments: PaymentsSettings = PaymentsSettings()
     server: ServerSettings = ServerSettings()
     relay: RelaySettings = RelaySettings()
     ordering: OrderingSettings = OrderingSettings()
+    shipping: ShippingSettings = ShippingSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -238,6 +304,41 @@ class Settings(BaseSettings):
             raise ValueError("IRONCART_SECRET_KEY must be set to a real secret in production")
         if self.environment is Environment.PRODUCTION and self.ordering.crash_points:
             raise ValueError("IRONCART_ORDERING__CRASH_POINTS is for chaos tests, never production")
+        return self
+
+    @field_validator("inventory_database_url")
+    @classmethod
+    def _known_inventory_database(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        normalise_database_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _xa_needs_two_phase_commit(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and self.xa.crash_points:
+            raise ValueError("IRONCART_XA__CRASH_POINTS is for chaos tests, never production")
+        if self.checkout_txn != "xa":
+            return self
+        urls = {"IRONCART_DATABASE_URL": self.database_url}
+        if self.inventory_database_url:
+            urls["IRONCART_INVENTORY_DATABASE_URL"] = self.inventory_database_url
+        for name, url in urls.items():
+            if database_backend(url) is DatabaseBackend.SQLITE:
+                raise ValueError(
+                    f"IRONCART_CHECKOUT_TXN=xa needs PostgreSQL or MySQL/MariaDB: {name} is"
+                    " SQLite, which has no two-phase commit (use IRONCART_CHECKOUT_TXN=tcc)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _no_sandbox_carrier_credentials_in_production(self) -> Settings:
+        placeholders = self.shipping.placeholders()
+        if self.environment is Environment.PRODUCTION and placeholders:
+            raise ValueError(
+                f"{' and '.join(placeholders)} must be set to real secrets in production"
+                " (the defaults are the sandbox carrier's published test values)"
+            )
         return self
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,34 +18,39 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ironcart.sandbox.common import (
+    authenticate,
+    cancel,
+    json_object,
+    listing,
+    on_http_error,
+    on_sandbox_error,
+    respond,
+    respond_json,
+    serve_app,
+)
 from ironcart.sandbox.psp_domain import (
     InjectedFault,
-    InvalidRequest,
     PspError,
-    Unauthorized,
     idempotency_key_of,
     text_of,
 )
 from ironcart.sandbox.psp_faults import CallFaults, FaultInjector, Faults
-from ironcart.sandbox.psp_service import Operation, PspService, error_response, json_response
+from ironcart.sandbox.psp_service import Operation, PspService, json_response
 from ironcart.sandbox.psp_store import SqlPspStore, StoredResponse
 from ironcart.sandbox.psp_transport import KeepAliveTransport
 from ironcart.sandbox.psp_webhooks import WebhookDispatcher
 
 logger = logging.getLogger("ironcart.sandbox.psp")
-JSON = "application/json"
 REPLAYED = {"Idempotent-Replayed": "true"}
 MAX_BODY_BYTES = 64 * 1024
 WEBHOOK_TIMEOUT_SECONDS = 5.0
-SHUTDOWN_GRACE_SECONDS = 3
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +94,10 @@ class PspApi:
                     url=self._config.webhook_url,
                     secret=self._config.webhook_secret,
                     first_backoff_seconds=self._config.webhook_first_backoff_seconds,
+                    logger=logger,
                 )
                 task = asyncio.create_task(self.webhooks.run())
-                stack.push_async_callback(_cancel, task)
+                stack.push_async_callback(cancel, task)
             yield
 
     def routes(self) -> list[Route]:
@@ -144,7 +149,7 @@ class PspApi:
         call = await self._begin_get(request)
         reference = text_of(dict(request.query_params), "reference")
         payments = self.service.payments_with_reference(reference)
-        return await _answer(_listing([payment.to_json() for payment in payments]), call)
+        return await _answer(listing([payment.to_json() for payment in payments]), call)
 
     async def payment_by_key(self, request: Request) -> Response:
         call = await self._begin_get(request)
@@ -154,7 +159,7 @@ class PspApi:
     async def _begin_post(self, request: Request) -> tuple[CallFaults, str, dict[str, Any]]:
         call = self._begin(request)
         key = idempotency_key_of(request.headers.get("idempotency-key"))
-        return call, key, await _json_object(request)
+        return call, key, await json_object(request)
 
     async def _begin_get(self, request: Request) -> CallFaults:
         call = self._begin(request)
@@ -188,45 +193,43 @@ class PspApi:
         return await _answer(response, call, REPLAYED if replayed else None)
 
     def _authenticate(self, request: Request) -> None:
-        supplied = request.headers.get("authorization", "").encode("latin-1")
-        if not hmac.compare_digest(supplied, self._bearer):
-            raise Unauthorized("unauthorized", "Authorization: Bearer <api key> required")
+        authenticate(request, self._bearer)
 
     # /_sandbox: the test control plane
 
     async def get_faults(self, request: Request) -> Response:
         self._authenticate(request)
-        return _json(200, self.faults.faults.to_json())
+        return respond_json(200, self.faults.faults.to_json())
 
     async def put_faults(self, request: Request) -> Response:
         self._authenticate(request)
-        self.faults.set(Faults.parse(await _json_object(request)))
-        return _json(200, self.faults.faults.to_json())
+        self.faults.set(Faults.parse(await json_object(request)))
+        return respond_json(200, self.faults.faults.to_json())
 
     async def reset_faults(self, request: Request) -> Response:
         self._authenticate(request)
         self.faults.set(Faults())
-        return _json(200, self.faults.faults.to_json())
+        return respond_json(200, self.faults.faults.to_json())
 
     async def sandbox_payments(self, request: Request) -> Response:
         self._authenticate(request)
-        return _response(_listing([payment.to_json() for payment in self.service.all_payments()]))
+        return respond(listing([payment.to_json() for payment in self.service.all_payments()]))
 
     async def sandbox_ledger(self, request: Request) -> Response:
         self._authenticate(request)
-        return _response(_listing(self.service.ledger()))
+        return respond(listing(self.service.ledger()))
 
     async def sandbox_webhooks(self, request: Request) -> Response:
         self._authenticate(request)
-        return _response(_listing(self.service.webhook_events()))
+        return respond(listing(self.service.webhook_events()))
 
     async def flush_webhooks(self, request: Request) -> Response:
         self._authenticate(request)
         flushed = self.webhooks.flush() if self.webhooks is not None else 0
-        return _json(200, {"flushed": flushed})
+        return respond_json(200, {"flushed": flushed})
 
     async def health(self, _request: Request) -> Response:
-        return _json(200, {"status": "ok"})
+        return respond_json(200, {"status": "ok"})
 
     def _wake_webhooks(self) -> None:
         if self.webhooks is not None:
@@ -238,51 +241,14 @@ def create_app(config: PspConfig) -> Starlette:
     return Starlette(
         routes=api.routes(),
         lifespan=api.lifespan,
-        exception_handlers={PspError: _on_psp_error, HTTPException: _on_http_error},
+        exception_handlers={PspError: on_sandbox_error, HTTPException: on_http_error},
         max_body_size=MAX_BODY_BYTES,
     )
 
 
 def serve(config: PspConfig, *, host: str, port: int, log_level: str) -> None:
     """Run the sandbox on one uvicorn worker until SIGINT/SIGTERM."""
-    import uvicorn
-
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-    )
-
-
-async def _on_psp_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, PspError)  # noqa: S101 - registered for PspError only
-    return _response(error_response(error))
-
-
-async def _on_http_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, HTTPException)  # noqa: S101 - registered for HTTPException only
-    code = HTTP_ERROR_CODES.get(error.status_code, "invalid_request")
-    return _json(error.status_code, {"error": {"code": code, "message": error.detail}})
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("invalid_request", "the body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("invalid_request", "the body must be a JSON object")
-    return payload
+    serve_app(create_app(config), host=host, port=port, log_level=log_level)
 
 
 async def _answer(
@@ -290,22 +256,4 @@ async def _answer(
 ) -> Response:
     if call.timeout_seconds:
         await asyncio.sleep(call.timeout_seconds)  # processed; the answer is what is late
-    return _response(response, headers)
-
-
-def _listing(items: list[dict[str, Any]]) -> StoredResponse:
-    return json_response(200, {"data": items})
-
-
-def _json(status: int, content: Any) -> Response:
-    return _response(json_response(status, content))
-
-
-def _response(response: StoredResponse, headers: dict[str, str] | None = None) -> Response:
-    return Response(response.body, status_code=response.status, headers=headers, media_type=JSON)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    return respond(response, headers)

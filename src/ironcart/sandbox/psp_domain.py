@@ -1,6 +1,7 @@
 """The sandbox PSP's rules: payments and their transitions, card tokens, request checks, errors.
 
-Plain Python, no I/O. Every error carries an HTTP `status` and a stable `code`:
+Plain Python, no I/O. Every error (the shared `sandbox.common` hierarchy, its root named
+`PspError` here) carries an HTTP `status` and a stable `code`:
 
     PspError
      ├── InvalidRequest (400)         invalid_request, missing_idempotency_key,
@@ -17,12 +18,24 @@ Plain Python, no I/O. Every error carries an HTTP `status` and a stable `code`:
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
+
+from ironcart.sandbox.common import (
+    Conflict,
+    IdempotencyKeyReused,
+    InjectedFault,
+    InvalidRequest,
+    NotFound,
+    TryAgain,
+    Unauthorized,
+    idempotency_key_of,
+    new_id,
+    now_iso,
+    text_of,
+)
+from ironcart.sandbox.common import SandboxError as PspError
 
 AUTHORIZED = "authorized"
 DECLINED = "declined"
@@ -40,55 +53,6 @@ RETRY_TOKEN = "tok_retry"  # noqa: S105 - a test card, not a secret
 MAX_AMOUNT = 10**12
 MAX_TEXT = 200
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-class PspError(Exception):
-    status = 500
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class InvalidRequest(PspError):
-    status = 400
-
-
-class Unauthorized(PspError):
-    status = 401
-
-
-class NotFound(PspError):
-    status = 404
-
-
-class Conflict(PspError):
-    status = 409
-
-
-class IdempotencyKeyReused(PspError):
-    status = 422
-
-
-class InjectedFault(PspError):
-    status = 500
-
-
-class TryAgain(PspError):
-    status = 503
-
-
-def new_id(prefix: str) -> str:
-    """`<prefix><26 Crockford base32 chars>`: 48 bits of milliseconds, then 80 random bits."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
-    return prefix + "".join(chars)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +171,17 @@ def amount_of(payload: dict[str, Any], field: str) -> int:
     return value
 
 
-def text_of(payload: dict[str, Any], field: str) -> str:
-    value = payload.get(field)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT:
-        raise InvalidRequest("invalid_request", f"{field} must be a string of 1..{MAX_TEXT} chars")
-    return value
-
-
-def idempotency_key_of(value: str | None) -> str:
-    if value is None:
-        raise InvalidRequest("missing_idempotency_key", "an Idempotency-Key header is required")
-    if not 0 < len(value) <= MAX_TEXT:
-        raise InvalidRequest("invalid_idempotency_key", f"Idempotency-Key: 1..{MAX_TEXT} chars")
-    return value
+__all__ = [
+    "Conflict",
+    "IdempotencyKeyReused",
+    "InjectedFault",
+    "InvalidRequest",
+    "NotFound",
+    "PspError",
+    "TryAgain",
+    "Unauthorized",
+    "idempotency_key_of",
+    "new_id",
+    "now_iso",
+    "text_of",
+]

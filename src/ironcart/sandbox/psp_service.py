@@ -9,22 +9,25 @@ processed afresh. A 400 forgets the key; a 5xx releases it (tok_retry counts the
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from ironcart.sandbox.common import (
+    Operation,
+    StoredResponse,
+    error_response,
+    json_response,
+    run_idempotent,
+)
 from ironcart.sandbox.psp_domain import (
     AUTHORIZED,
     RETRY_TOKEN,
     Conflict,
-    InvalidRequest,
     NotFound,
     Payment,
-    PspError,
     Refund,
     TryAgain,
     captured,
@@ -34,19 +37,9 @@ from ironcart.sandbox.psp_domain import (
     voided,
 )
 from ironcart.sandbox.psp_faults import FaultInjector
-from ironcart.sandbox.psp_store import Claim, SqlPspStore, StoredResponse
+from ironcart.sandbox.psp_store import SqlPspStore
 
-# (idempotency key, attempt number of that key) -> the response to store and send.
-Operation = Callable[[str, int], StoredResponse]
 PAYMENTS_PATH = "/v1/payments"
-
-
-def json_response(status: int, content: Any) -> StoredResponse:
-    return StoredResponse(status=status, body=orjson.dumps(content))
-
-
-def error_response(error: PspError) -> StoredResponse:
-    return json_response(error.status, {"error": {"code": error.code, "message": error.message}})
 
 
 class PspService:
@@ -75,37 +68,20 @@ class PspService:
         operation: Operation,
     ) -> tuple[StoredResponse, bool]:
         """The response to a POST, and whether it is a replay of the stored one."""
-        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        fingerprint = hashlib.sha256(path.encode() + b"\n" + canonical).digest()
-        claimed = self._store.claim_key(self._account, key, path=path, fingerprint=fingerprint)
-        if isinstance(claimed, StoredResponse):
-            return claimed, True
-        try:
-            if latency_seconds:
-                await asyncio.sleep(latency_seconds)  # the key stays held meanwhile
-            response = self._apply(key, claimed, operation)
-        except InvalidRequest:
-            self._store.forget_key(self._account, key)
-            raise
-        except BaseException:
-            self._store.release_key(self._account, key)
-            raise
-        self._on_events()
-        return response, False
+        answer = await run_idempotent(
+            self._store,
+            account=self._account,
+            key=key,
+            path=path,
+            payload=payload,
+            latency_seconds=latency_seconds,
+            operation=operation,
+        )
+        if not answer[1]:
+            self._on_events()
+        return answer
 
-    def _apply(self, key: str, claim: Claim, operation: Operation) -> StoredResponse:
-        try:
-            with self._store.transaction():
-                response = operation(key, claim.attempt)
-                self._store.complete_key(self._account, key, response)
-        except PspError as error:
-            if error.status >= 500 or isinstance(error, InvalidRequest):
-                raise
-            response = error_response(error)
-            self._store.complete_key(self._account, key, response)
-        return response
-
-    # Operations (run inside the transaction opened by `_apply`)
+    # Operations (run inside the transaction opened by `common.run_idempotent`)
 
     def authorize(self, payload: dict[str, Any]) -> Operation:
         def operation(key: str, attempt: int) -> StoredResponse:
@@ -221,3 +197,6 @@ class PspService:
 
     def webhook_events(self) -> list[dict[str, Any]]:
         return self._store.events()
+
+
+__all__ = ["Operation", "PspService", "error_response", "json_response"]

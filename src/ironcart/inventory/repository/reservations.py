@@ -18,15 +18,22 @@ class SqlReservationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def add(self, reservation: Reservation, *, now: datetime) -> None:
-        """Insert a new, active reservation (its lines come with `add_lines`)."""
+    async def add(
+        self,
+        reservation: Reservation,
+        *,
+        now: datetime,
+        status: ReservationStatus = ReservationStatus.ACTIVE,
+    ) -> None:
+        """Insert a new reservation, active unless told (an XA sale records it committed at
+        once); its lines come with `add_lines`."""
         await self._session.execute(
             insert(reservations).values(
                 id=reservation.id,
                 sku=reservation.sku,
                 quantity=reservation.quantity,
                 owner=reservation.owner,
-                status=ReservationStatus.ACTIVE.value,
+                status=status.value,
                 expires_at=reservation.expires_at,
                 created_at=now,
                 updated_at=now,

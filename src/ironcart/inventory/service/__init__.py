@@ -7,6 +7,7 @@ announced on the in-process bus after the commit returned (`inventory.events`). 
 of work each:
 
 __init__.py      InventoryService: the use cases, their retries and announcements
+stock.py         the staff's stock changes (set, adjust, receive, return, transfer)
 reservations.py  one attempt of each reservation change (reserve, commit, release, expire)
 tcc.py           one attempt of each TCC step of checkout (try, confirm, cancel)
 
@@ -23,21 +24,18 @@ from typing import TypeVar
 
 import structlog
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.domain import (
     DEFAULT_LOW_STOCK_THRESHOLD,
     Discrepancy,
     InsufficientStock,
-    Movement,
     MovementKind,
     Shortage,
     SkuNotFound,
     SkuStock,
-    StaleStock,
-    StockBelowReserved,
     StockContention,
-    UnknownWarehouse,
     Warehouse,
     WarehouseNotFound,
     check_reservation_request,
@@ -54,25 +52,27 @@ from ironcart.inventory.events import (
     record_low_stock,
 )
 from ironcart.inventory.repository import InventoryUnitOfWork
-from ironcart.inventory.service.reservations import Lost, ReservationAttempts, threshold_of
+from ironcart.inventory.service.reservations import Lost, ReservationAttempts
+from ironcart.inventory.service.stock import StockKeeping
 from ironcart.inventory.service.tcc import TccAttempts
+from ironcart.inventory.service.xa import sell_in_branch
 from ironcart.platform.database import is_transient
 from ironcart.platform.errors import InvalidRequest
 from ironcart.platform.events import EventBus
 
 _log = structlog.get_logger("ironcart.inventory")
 T = TypeVar("T")
+TRANSFER = MovementKind.TRANSFER
 MAX_ATTEMPTS = 50
 EXPIRY_BATCH = 100
 MAX_SKUS_PER_QUERY = 1000
-STALE = "The stock changed since it was read; read it again."
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class InventoryService:
+class InventoryService(StockKeeping):
     def __init__(
         self,
         *,
@@ -94,7 +94,7 @@ class InventoryService:
 
     async def list_warehouses(self) -> list[Warehouse]:
         """Every warehouse, active or not, by priority then code."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.warehouses.list()
 
     async def create_warehouse(self, *, code: str, name: str, priority: int) -> Warehouse:
@@ -162,7 +162,7 @@ class InventoryService:
     async def get_stock(self, *, sku: str) -> SkuStock:
         """Levels per warehouse, availability and threshold of `sku`, or `SkuNotFound`."""
         check_sku(sku)
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             stock = await uow.stock.get(sku)
         if stock.version == 0:
             raise SkuNotFound(f"Inventory has no record of {sku!r}.")
@@ -178,100 +178,10 @@ class InventoryService:
 
     async def reconcile(self) -> list[Discrepancy]:
         """Levels that differ from the sums of their ledger rows (empty when all is well)."""
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             return await uow.movements.reconcile()
 
-    # -- staff changes ----------------------------------------------------------------------
-
-    async def set_stock(
-        self,
-        *,
-        sku: str,
-        expected_version: int,
-        on_hand: Mapping[str, int],
-        low_stock_threshold: int | None,
-        reason: str,
-        actor: str,
-    ) -> SkuStock:
-        """Set on_hand per warehouse code and the threshold, if `sku` is still at that version.
-
-        `StaleStock` (412) when the version moved on; version 0 means "not created yet".
-        """
-        check_sku(sku)
-        async with self._uow() as uow:
-            await uow.read_committed()
-            await uow.stock.lock_levels([sku])  # see `events.record_low_stock`
-            current = await uow.stock.get(sku)
-            if current.version != expected_version:
-                raise StaleStock(STALE)
-            entries, delta = await self._set_levels(uow, current, on_hand, reason, actor)
-            await self._set_threshold(uow, sku, low_stock_threshold)
-            await uow.movements.append(entries, now=self._clock())
-            updated = await uow.stock.get(sku)
-            move = AvailabilityMove(
-                sku, delta, updated.low_stock_threshold, current.low_stock_threshold
-            )
-            moves = await record_low_stock(uow, [move])
-            await uow.commit()
-        await self._announcer.announce(moves)
-        return updated
-
-    async def adjust(
-        self, *, sku: str, warehouse: str, delta: int, reason: str, actor: str
-    ) -> SkuStock:
-        """Add `delta` (may be negative) units on hand; refused below what is reserved."""
-        if delta == 0:
-            raise InvalidRequest("An adjustment changes stock: delta must not be 0.")
-        await self._add_on_hand(sku, warehouse, delta, MovementKind.ADJUSTMENT, reason, actor)
-        return await self.get_stock(sku=sku)
-
-    async def receive(
-        self, *, sku: str, warehouse: str, quantity: int, reference: str | None = None
-    ) -> None:
-        """Goods in: `quantity` units arrive in `warehouse` (a "receipt" movement)."""
-        if quantity <= 0:
-            raise InvalidRequest("A receipt brings at least one unit.")
-        await self._add_on_hand(sku, warehouse, quantity, MovementKind.RECEIPT, None, reference)
-
-    async def restock_return(
-        self, *, sku: str, warehouse: str, quantity: int, reference: str | None = None
-    ) -> None:
-        """Returned goods go back on the shelf (a "return" movement)."""
-        if quantity <= 0:
-            raise InvalidRequest("A return brings at least one unit.")
-        await self._add_on_hand(sku, warehouse, quantity, MovementKind.RETURN, None, reference)
-
-    async def receive_new(self, *, warehouse: str, quantities: Mapping[str, int]) -> None:
-        """Bulk goods-in for SKUs with no level there yet (imports, seeding), one transaction.
-
-        Ledger rows are written as for `receive`; no per-SKU events are announced, so the
-        caller re-syncs readers (the catalog's `sync_availability`) once afterwards.
-        """
-        for sku, quantity in quantities.items():
-            check_sku(sku)
-            if quantity <= 0:
-                raise InvalidRequest("A receipt brings at least one unit.")
-        async with self._uow() as uow:
-            target = await uow.warehouses.get_by_code(warehouse)
-            if target is None:
-                raise WarehouseNotFound(f"No warehouse {warehouse!r}.")
-            now = self._clock()
-            await uow.stock.insert_received(target.id, quantities, now=now)
-            await uow.movements.append(
-                [
-                    Movement(
-                        sku=sku,
-                        warehouse_id=target.id,
-                        kind=MovementKind.RECEIPT,
-                        on_hand_delta=quantity,
-                        reserved_delta=0,
-                        reference="bulk-receipt",
-                    )
-                    for sku, quantity in quantities.items()
-                ],
-                now=now,
-            )
-            await uow.commit()
+    # -- staff changes: stock.py ------------------------------------------------------------
 
     # -- reservations -----------------------------------------------------------------------
 
@@ -384,6 +294,23 @@ class InventoryService:
         check_xid(xid)
         await self._announcer.announce(await self._retrying(lambda: self._tcc.return_sale(xid)))
 
+    # -- checkout: inventory as a branch of an XA transaction -------------------------------
+
+    async def sell_in_branch(
+        self, connection: AsyncConnection, *, reference: str, lines: Sequence[tuple[str, int]]
+    ) -> Callable[[], Awaitable[None]]:
+        """XA branch: sell the lines in the branch open on `connection` (`service.xa`).
+
+        All or nothing, `InsufficientStock` naming every short SKU; never commits. Returns
+        the announcement of the changed availability: call it after the XA commit.
+        """
+        check_xid(reference)
+        wanted = merge_lines(lines)
+        moves = await sell_in_branch(
+            connection, reference=reference, lines=wanted, now=self._clock()
+        )
+        return lambda: self._announcer.announce(moves)
+
     # -- internals --------------------------------------------------------------------------
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T | Lost]]) -> T:
@@ -399,108 +326,7 @@ class InventoryService:
                 return result
         raise StockContention("Too many concurrent changes of this stock; retry shortly.")
 
-    async def _add_on_hand(
-        self,
-        sku: str,
-        code: str,
-        delta: int,
-        kind: MovementKind,
-        reason: str | None,
-        reference: str | None,
-    ) -> None:
-        check_sku(sku)
-        async with self._uow() as uow:
-            warehouse = await uow.warehouses.get_by_code(code)
-        if warehouse is None:
-            raise UnknownWarehouse(f"No warehouse with code {code!r}.")
-        if delta > 0:
-            await self._ensure_level(sku, warehouse.id)
-        async with self._uow() as uow:
-            await uow.read_committed()
-            if delta < 0:  # locked, see `events.record_low_stock`; active as of the lock
-                locked = await uow.stock.lock_levels([sku])
-                warehouse = next(
-                    (level.warehouse for level in locked if level.warehouse.id == warehouse.id),
-                    warehouse,
-                )
-            threshold = await threshold_of(uow, sku)
-            now = self._clock()
-            if not await uow.stock.add_on_hand(sku, warehouse.id, delta, now=now):
-                raise StockBelowReserved(
-                    f"{-delta} units cannot leave {code}: they are reserved or not there."
-                )
-            entry = Movement(sku, warehouse.id, kind, delta, 0, reference, reason)
-            await uow.movements.append([entry], now=now)
-            moved = delta if warehouse.active else 0
-            moves = await record_low_stock(
-                uow, [AvailabilityMove(sku, moved, threshold, threshold)]
-            )
-            await uow.commit()
-        await self._announcer.announce(moves)
-
-    async def _ensure_level(self, sku: str, warehouse_id: str) -> None:
-        """Create the empty level row in its own transaction (losing an insert race is fine)."""
-        async with self._uow() as uow:
-            if await uow.stock.insert_level(sku, warehouse_id, now=self._clock()):
-                await uow.commit()
-
-    async def _set_levels(
-        self,
-        uow: InventoryUnitOfWork,
-        current: SkuStock,
-        on_hand: Mapping[str, int],
-        reason: str,
-        actor: str,
-    ) -> tuple[list[Movement], int]:
-        """Set each named level if still at the version read; (ledger rows, availability moved)."""
-        found = await uow.warehouses.by_codes(on_hand)
-        unknown = sorted(set(on_hand) - set(found))
-        if unknown:
-            raise UnknownWarehouse(f"No warehouse with code {unknown[0]!r}.")
-        existing = {level.warehouse.id: level for level in current.levels}
-        now = self._clock()
-        entries: list[Movement] = []
-        moved = 0
-        for warehouse in sorted(found.values(), key=lambda item: item.id):
-            target = on_hand[warehouse.code]
-            level = existing.get(warehouse.id)
-            if level is None and not await uow.stock.insert_level(
-                current.sku, warehouse.id, now=now
-            ):
-                raise StaleStock(STALE)
-            old, reserved, version = (
-                (level.on_hand, level.reserved, level.version) if level else (0, 0, 1)
-            )
-            if target < reserved:
-                raise StockBelowReserved(f"{warehouse.code} has {reserved} units reserved.")
-            if target == old:
-                continue
-            if not await uow.stock.set_on_hand(
-                current.sku, warehouse.id, target, version=version, now=now
-            ):
-                raise StaleStock(STALE)
-            change = target - old
-            entries.append(
-                Movement(
-                    current.sku, warehouse.id, MovementKind.ADJUSTMENT, change, 0, actor, reason
-                )
-            )
-            moved += change if warehouse.active else 0
-        return entries, moved
-
-    async def _set_threshold(
-        self, uow: InventoryUnitOfWork, sku: str, threshold: int | None
-    ) -> None:
-        if threshold is None:
-            return
-        stored = await uow.stock.threshold(sku)
-        if stored is not None and stored[0] == threshold:
-            return
-        version = None if stored is None else stored[1]
-        if not await uow.stock.set_threshold(sku, threshold, version=version, now=self._clock()):
-            raise StaleStock(STALE)
-
     async def _available(self, skus: Sequence[str]) -> dict[str, int]:
-        async with self._uow() as uow:
+        async with self._uow().reading() as uow:
             found = await uow.stock.available(skus)
         return {sku: max(units, 0) for sku, units in found.items()}

@@ -39,6 +39,7 @@ from prometheus_client import Counter
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ironcart.platform.database import reading_sessions
 from ironcart.platform.txn.tables import branches as branches_table
 from ironcart.platform.txn.tables import transactions
 
@@ -87,6 +88,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _stored(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as `begin` stores it (JSON), so a first run sees what recovery would."""
+    stored: dict[str, Any] = orjson.loads(orjson.dumps(dict(payload)))
+    return stored
+
+
 class TccCoordinator:
     def __init__(
         self,
@@ -101,6 +108,7 @@ class TccCoordinator:
     ) -> None:
         self._crash_points = crash_points
         self._sessions = sessions
+        self._reads = reading_sessions(sessions)
         self._participants = participants
         self._in_doubt_after = timedelta(seconds=in_doubt_after_seconds)
         self._backoff = retry_backoff_seconds
@@ -145,14 +153,23 @@ class TccCoordinator:
             ],
         )
 
-    async def execute(self, xid: str, *, kind: str = "") -> TxnState:
+    async def execute(
+        self, xid: str, *, kind: str = "", branches: Sequence[Branch] | None = None
+    ) -> TxnState:
         """Try every branch, decide, then confirm (or cancel and re-raise the try's error).
+
+        `branches`: the ones just given to `begin` (spares reading them back); they reach
+        the participants as stored, exactly as recovery would hand them over.
 
         Returns `CONFIRMED`, or `CONFIRMING` when a confirm failed and was left to recovery
         (the outcome is decided: it will be confirmed). Raises the first try's error after
         cancelling, or `TransactionAborted` if recovery cancelled the transaction first.
         """
-        branches = await self._branches(xid)
+        branches = (
+            await self._branches(xid)
+            if branches is None
+            else [Branch(b.name, b.participant, _stored(b.payload)) for b in branches]
+        )
         for branch in branches:
             try:
                 await self._participant(branch).try_(xid, branch.payload)
@@ -173,7 +190,7 @@ class TccCoordinator:
         return state
 
     async def state(self, xid: str) -> TxnState | None:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             value = await session.scalar(
                 select(transactions.c.state).where(transactions.c.xid == xid)
             )
@@ -241,7 +258,7 @@ class TccCoordinator:
         return self._participants[branch.participant]
 
     async def _branches(self, xid: str) -> list[Branch]:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows = (
                 await session.execute(
                     select(
