@@ -12,21 +12,13 @@ exponential backoff and full jitter, at most `max_attempts` times and never beyo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
 from ironcart.payments.domain import (
     InvalidWebhookPayload,
@@ -41,6 +33,12 @@ from ironcart.payments.gateway import (
     ProviderRejected,
     ProviderUnavailable,
     WebhookEvent,
+)
+from ironcart.platform.http.provider import (
+    ProviderCallFailed,
+    ProviderClient,
+    ProviderOptions,
+    error_code,
 )
 from ironcart.platform.security.webhooks import (
     SignatureMismatch,
@@ -58,42 +56,14 @@ class _Malformed(ValueError):
     """The PSP answered something that is not what its API documents."""
 
 
-class _Transient(Exception):
-    """One attempt failed in a way another attempt with the same key may fix."""
-
-
 class HttpSandboxGateway:
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        read_timeout_seconds: float = 5.0,
-        connect_timeout_seconds: float = 1.0,
-        max_attempts: int = 4,
-        deadline_seconds: float = 15.0,
-        backoff_initial_seconds: float = 0.1,
-        backoff_max_seconds: float = 2.0,
-        max_connections: int = 50,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            # pool: waiting for a free connection is the bulkhead's queue, bounded too.
-            timeout=httpx.Timeout(
-                read_timeout_seconds, connect=connect_timeout_seconds, pool=read_timeout_seconds
-            ),
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+    def __init__(self, *, base_url: str, api_key: str, **options: Unpack[ProviderOptions]) -> None:
+        self._http = ProviderClient(
+            base_url=base_url, api_key=api_key, retryable_codes=RETRYABLE_CODES, **options
         )
-        self._max_attempts = max_attempts
-        self._deadline = deadline_seconds
-        self._backoff_initial = backoff_initial_seconds
-        self._backoff_max = backoff_max_seconds
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -159,54 +129,14 @@ class HttpSandboxGateway:
         body: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> httpx.Response:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        content = orjson.dumps(body) if body is not None else None
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._deadline),
-            wait=wait_random_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
         try:
-            async with asyncio.timeout(self._deadline):
-                async for attempt in retrying:
-                    with attempt:
-                        return await self._attempt(method, path, content, headers)
-        except TimeoutError:
-            raise ProviderUnavailable(
-                f"{method} {path}: no answer within {self._deadline} s"
-            ) from None
-        except _Transient as error:
-            raise ProviderUnavailable(f"{method} {path}: {error}") from None
-        raise ProviderUnavailable(f"{method} {path}: no attempt was made")  # pragma: no cover
-
-    async def _attempt(
-        self, method: str, path: str, content: bytes | None, headers: dict[str, str]
-    ) -> httpx.Response:
-        try:
-            response = await self._client.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as error:
-            raise _Transient(f"timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
-            raise _Transient(f"transport error ({type(error).__name__})") from error
-        status = response.status_code
-        if status >= 500 or status == 429 or (status == 409 and _code(response) in RETRYABLE_CODES):
-            raise _Transient(f"answered {status} {_code(response)}")
-        return response
+            return await self._http.call(method, path, body, idempotency_key)
+        except ProviderCallFailed as error:
+            raise ProviderUnavailable(str(error)) from None
 
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
-
-
-def _code(response: httpx.Response) -> str:
-    try:
-        error = response.json()["error"]
-        return str(error["code"])
-    except (ValueError, KeyError, TypeError):
-        return f"http_{response.status_code}"
 
 
 def _success(response: httpx.Response) -> httpx.Response:
@@ -217,7 +147,7 @@ def _success(response: httpx.Response) -> httpx.Response:
     message = ""
     with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
         message = str(response.json()["error"].get("message", ""))
-    raise ProviderRejected(response.status_code, _code(response), message)
+    raise ProviderRejected(response.status_code, error_code(response), message)
 
 
 def _parse(parser: Callable[[Any], T], response: httpx.Response) -> T:

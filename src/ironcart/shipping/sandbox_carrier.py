@@ -13,22 +13,20 @@ key), timeouts and connection errors, with exponential backoff and full jitter, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
+from ironcart.platform.http.provider import (
+    ProviderCallFailed,
+    ProviderClient,
+    ProviderOptions,
+    error_code,
+)
 from ironcart.platform.security.webhooks import SignatureMismatch, SignatureTooOld, check_signature
 from ironcart.shipping.carrier import CarrierDown, CarrierLabel, CarrierRefused, TrackingReport
 from ironcart.shipping.domain import (
@@ -46,42 +44,15 @@ class _Malformed(ValueError):
     """The carrier answered something that is not what its API documents."""
 
 
-class _Transient(Exception):
-    """One attempt failed in a way another attempt with the same key may fix."""
-
-
 class HttpSandboxCarrier:
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        read_timeout_seconds: float = 5.0,
-        connect_timeout_seconds: float = 1.0,
-        max_attempts: int = 4,
-        deadline_seconds: float = 15.0,
-        backoff_initial_seconds: float = 0.1,
-        backoff_max_seconds: float = 2.0,
-        max_connections: int = 20,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(
-                read_timeout_seconds, connect=connect_timeout_seconds, pool=read_timeout_seconds
-            ),
-            # The bulkhead: at most this many calls to the carrier at once.
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+    def __init__(self, *, base_url: str, api_key: str, **options: Unpack[ProviderOptions]) -> None:
+        options.setdefault("max_connections", 20)  # the bulkhead
+        self._http = ProviderClient(
+            base_url=base_url, api_key=api_key, retryable_codes=RETRYABLE_CODES, **options
         )
-        self._max_attempts = max_attempts
-        self._deadline = deadline_seconds
-        self._backoff_initial = backoff_initial_seconds
-        self._backoff_max = backoff_max_seconds
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def create_shipment(
         self,
@@ -106,47 +77,16 @@ class HttpSandboxCarrier:
             raise CarrierDown(f"unexpected carrier answer ({error})") from None
 
     async def _call(
-        self, method: str, path: str, body: dict[str, Any], idempotency_key: str
-    ) -> httpx.Response:
-        headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
-        content = orjson.dumps(body)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._deadline),
-            wait=wait_random_exponential(multiplier=self._backoff_initial, max=self._backoff_max),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            async with asyncio.timeout(self._deadline):
-                async for attempt in retrying:
-                    with attempt:
-                        return await self._attempt(method, path, content, headers)
-        except TimeoutError:
-            raise CarrierDown(f"{method} {path}: no answer within {self._deadline} s") from None
-        except _Transient as error:
-            raise CarrierDown(f"{method} {path}: {error}") from None
-        raise CarrierDown(f"{method} {path}: no attempt was made")  # pragma: no cover
-
-    async def _attempt(
-        self, method: str, path: str, content: bytes, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> httpx.Response:
         try:
-            response = await self._client.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as error:
-            raise _Transient(f"timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
-            raise _Transient(f"transport error ({type(error).__name__})") from error
-        status = response.status_code
-        if status >= 500 or status == 429 or (status == 409 and _code(response) in RETRYABLE_CODES):
-            raise _Transient(f"answered {status} {_code(response)}")
-        return response
-
-
-def _code(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return f"http_{response.status_code}"
+            return await self._http.call(method, path, body, idempotency_key)
+        except ProviderCallFailed as error:
+            raise CarrierDown(str(error)) from None
 
 
 def _refused(response: httpx.Response) -> Exception:
@@ -155,7 +95,7 @@ def _refused(response: httpx.Response) -> Exception:
     message = ""
     with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
         message = str(response.json()["error"].get("message", ""))
-    return CarrierRefused(response.status_code, _code(response), message)
+    return CarrierRefused(response.status_code, error_code(response), message)
 
 
 def _text(data: dict[str, Any], name: str, maximum: int = 100) -> str:
