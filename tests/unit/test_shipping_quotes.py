@@ -341,6 +341,9 @@ class _ZonesOnly:
 
     zones = _Zones()
 
+    def reading(self) -> _ZonesOnly:
+        return self
+
     async def __aenter__(self) -> _ZonesOnly:
         return self
 

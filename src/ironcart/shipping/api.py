@@ -26,7 +26,8 @@ from ironcart.shipping.schemas import (
     ZoneRead,
     ZoneWrite,
 )
-from ironcart.shipping.service import ShippingService, ZoneDraft
+from ironcart.shipping.service import ShippingService
+from ironcart.shipping.zoning import ZoneDraft
 
 NO_STORE = "no-store"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,36}$"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from ironcart.shipping.domain import method
-from ironcart.shipping.service import ShippingService, ZoneDraft
+from ironcart.shipping.service import ShippingService
+from ironcart.shipping.zoning import ZoneDraft
 
 EU = ("AT", "BE", "DE", "DK", "ES", "FI", "FR", "IE", "IT", "NL", "PL", "PT", "SE")
 

@@ -1,5 +1,5 @@
-"""Shipping's use cases: zones (staff), quotes (anyone, and checkout through the client port),
-shipments (staff create, customers track) and carrier webhooks.
+"""Shipping's use cases: shipments (staff create, customers track) and carrier webhooks; zones
+(staff) and quotes (anyone, and checkout through the client port) in `zoning.py`.
 
 Nothing leaves inside an open transaction: a shipment is stored `requested` with its
 quantities held (transaction 1), the carrier is asked, then the label is recorded with the
@@ -18,19 +18,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Protocol, TypeVar
 
 import structlog
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 import ironcart.shipping.events  # noqa: F401 - registers the events the outbox carries
 from ironcart.contracts.ordering import OrderForFulfilment
 from ironcart.contracts.shipping import ShipmentCreated, ShipmentDelivered
 from ironcart.platform.database import is_transient
-from ironcart.platform.money import Money, MoneyError
 from ironcart.shipping.carrier import (
     CarrierDown,
     CarrierGateway,
@@ -40,7 +37,6 @@ from ironcart.shipping.carrier import (
     TrackingVerifier,
 )
 from ironcart.shipping.domain import (
-    MAX_WEIGHT_GRAMS,
     RANK,
     TRACKED,
     CarrierRejected,
@@ -50,26 +46,17 @@ from ironcart.shipping.domain import (
     InvalidWebhookPayload,
     OrderNotFound,
     OrderNotShippable,
-    Quote,
     Shipment,
     ShipmentNotFound,
     ShipmentStatus,
     ShippingContention,
-    ShippingMethod,
     UnknownCarrier,
-    Zone,
-    ZoneChanged,
-    ZoneNameTaken,
-    ZoneNotFound,
     check_shippable,
-    check_zone,
-    destination,
-    parcel_weight,
-    quote,
     shipment_lines,
     tracked_move,
 )
 from ironcart.shipping.repository import ShippingUnitOfWork
+from ironcart.shipping.zoning import ZoneAdmin
 
 _log = structlog.get_logger("ironcart.shipping")
 T = TypeVar("T")
@@ -96,15 +83,7 @@ class OrdersPort(Protocol):
     async def begin_fulfilment(self, order_id: str) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ZoneDraft:
-    name: str
-    countries: Sequence[str]
-    postal_prefixes: Sequence[str]
-    methods: Sequence[ShippingMethod]
-
-
-class ShippingService:
+class ShippingService(ZoneAdmin):
     def __init__(
         self,
         *,
@@ -138,87 +117,6 @@ class ShippingService:
             if not isinstance(result, _Lost):
                 return result
         raise ShippingContention
-
-    # -- zones (staff) -------------------------------------------------------------------------
-
-    async def list_zones(self) -> list[Zone]:
-        """Every zone with its methods, by name."""
-        async with self._uow() as uow:
-            return await uow.zones.all()
-
-    async def get_zone(self, zone_id: str) -> Zone:
-        """One zone; `ZoneNotFound` if there is none."""
-        async with self._uow() as uow:
-            zone = await uow.zones.get(zone_id)
-        if zone is None:
-            raise ZoneNotFound(f"No shipping zone {zone_id!r}.")
-        return zone
-
-    async def create_zone(self, draft: ZoneDraft) -> Zone:
-        """A new zone with its methods (version 1); `ZoneNameTaken` if the name is in use."""
-        zone = _zone(str(uuid.uuid4()), draft)
-        try:
-            async with self._uow() as uow:
-                if await uow.zones.name_taken(zone.name):
-                    raise ZoneNameTaken(f"A zone is named {zone.name!r} already.")
-                await uow.zones.add(zone, now=self._clock())
-                await uow.commit()
-        except IntegrityError:
-            raise ZoneNameTaken(f"A zone is named {zone.name!r} already.") from None
-        return await self.get_zone(zone.id)
-
-    async def update_zone(self, zone_id: str, draft: ZoneDraft, *, expected_version: int) -> Zone:
-        """Replace the zone and its methods if it is still at `expected_version` (else 412)."""
-        zone = _zone(zone_id, draft)
-        try:
-            async with self._uow() as uow:
-                if await uow.zones.get(zone_id) is None:
-                    raise ZoneNotFound(f"No shipping zone {zone_id!r}.")
-                if await uow.zones.name_taken(zone.name, other_than=zone_id):
-                    raise ZoneNameTaken(f"A zone is named {zone.name!r} already.")
-                if not await uow.zones.replace(
-                    zone, expected_version=expected_version, now=self._clock()
-                ):
-                    raise ZoneChanged("The zone changed since it was read; read it again.")
-                await uow.commit()
-        except IntegrityError:
-            raise ZoneNameTaken(f"A zone is named {zone.name!r} already.") from None
-        return await self.get_zone(zone_id)
-
-    async def delete_zone(self, zone_id: str, *, expected_version: int) -> None:
-        """Remove the zone and its methods if it is still at `expected_version` (else 412)."""
-        async with self._uow() as uow:
-            if await uow.zones.get(zone_id) is None:
-                raise ZoneNotFound(f"No shipping zone {zone_id!r}.")
-            if not await uow.zones.remove(zone_id, expected_version=expected_version):
-                raise ZoneChanged("The zone changed since it was read; read it again.")
-            await uow.commit()
-
-    # -- quotes --------------------------------------------------------------------------------
-
-    async def quote(
-        self,
-        *,
-        country: str,
-        postal_code: str | None,
-        weight_grams: int,
-        subtotal: Decimal,
-        currency: str,
-    ) -> list[Quote]:
-        """The methods offered for a destination and parcel, with their prices (maybe none)."""
-        where = destination(country, postal_code)
-        try:
-            amount = Money(subtotal, currency)
-        except MoneyError as error:
-            raise InvalidShippingData(f"subtotal: {error}") from None
-        if amount.amount < 0:
-            raise InvalidShippingData("subtotal must not be negative.")
-        if weight_grams > MAX_WEIGHT_GRAMS:
-            return []  # heavier than any band can be: no method takes it
-        weight = parcel_weight(weight_grams)
-        async with self._uow() as uow:
-            zones = await uow.zones.all()
-        return quote(zones, where, weight_grams=weight, subtotal=amount)
 
     # -- shipments -----------------------------------------------------------------------------
 
@@ -496,13 +394,3 @@ class ShippingService:
                 )
             )
         return True
-
-
-def _zone(zone_id: str, draft: ZoneDraft) -> Zone:
-    name, countries, prefixes = check_zone(
-        name=draft.name,
-        countries=draft.countries,
-        postal_prefixes=draft.postal_prefixes,
-        methods=draft.methods,
-    )
-    return replace(Zone(zone_id, name, countries, prefixes, tuple(draft.methods)), version=1)
