@@ -9,7 +9,7 @@ availability, writes its ledger rows, records `StockLow` in the outbox, and anno
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 from ironcart.inventory.domain import (
@@ -38,9 +38,7 @@ class StockKeeping:
     _uow: Callable[[], InventoryUnitOfWork]
     _clock: Callable[[], datetime]
     _announcer: StockAnnouncer
-
-    async def get_stock(self, *, sku: str) -> SkuStock:
-        raise NotImplementedError  # InventoryService reads it
+    get_stock: Callable[..., Awaitable[SkuStock]]  # InventoryService's read of one SKU
 
     async def set_stock(
         self,
