@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit integration e2e lock clean bench
+.PHONY: install run test test-http lint unit integration e2e chaos lock clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,8 +50,18 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration
 
+## The integration suite with every context as its own app over loopback HTTP
+## (tests/support/http_wiring.py): the app under test reaches the others through their ports.
+test-http: install
+	IRONCART_TEST_WIRING=http $(BIN)/python -m pytest tests/integration -n $(TEST_WORKERS) --dist worksteal
+
 e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+## Fault-injection tests (marker `chaos`) with the long fault windows of the acceptance
+## criteria (a 30 s PSP freeze) and their strict latency bounds; best on a quiet machine.
+chaos: install
+	IRONCART_CHAOS_FREEZE_SECONDS=30 IRONCART_CHAOS_STRICT=1 $(BIN)/python -m pytest -m chaos
 
 ## Re-resolve and pin every dependency (needs network access to PyPI).
 lock: install

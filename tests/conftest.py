@@ -22,6 +22,7 @@ from tests.support.databases import (
     fresh_postgres,
     fresh_sqlite,
 )
+from tests.support.http_wiring import WIRING, WIRINGS
 from tests.support.pg_instance import PgInstance, running_pg_instance
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -52,6 +53,7 @@ def pytest_runtest_logreport(report: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"ironcart test wiring: {WIRINGS[WIRING]} [IRONCART_TEST_WIRING]")
     if _missing_servers:
         terminalreporter.write_line(
             "SKIPPED integration tests: unreachable servers: "

@@ -11,31 +11,30 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ironcart.cart.client import InProcessCartClient
+from ironcart.cart.client import CartClient
 from ironcart.cart.repository import CartUnitOfWork
 from ironcart.cart.service import CartService
-from ironcart.catalog.client import InProcessCatalogClient
+from ironcart.catalog.client import CatalogClient
 from ironcart.catalog.repository import CatalogUnitOfWork
 from ironcart.catalog.service import CatalogService
 from ironcart.contracts.catalog import ProductChanged
 from ironcart.contracts.inventory import StockChanged
 from ironcart.contracts.ordering import OrderForFulfilment
 from ironcart.contracts.shipping import ShipmentCreated, ShipmentDelivered
-from ironcart.identity.client import InProcessIdentityClient
 from ironcart.identity.repository import IdentityUnitOfWork
 from ironcart.identity.service import IdentityService
-from ironcart.inventory.client import InProcessInventoryClient
+from ironcart.inventory.client import InventoryClient
 from ironcart.inventory.repository import InventoryUnitOfWork, inventory_outbox
 from ironcart.inventory.service import InventoryService
 from ironcart.ordering.checkout import Checkout
 from ironcart.ordering.checkout_xa import KIND as XA_CHECKOUT
 from ironcart.ordering.checkout_xa import CheckoutFollowUp, XaCheckout, XaCheckoutParts
-from ironcart.ordering.client import InProcessOrderingClient, OrderingClient
+from ironcart.ordering.client import OrderingClient
 from ironcart.ordering.participants import InventoryBranch, OrderBranch, PaymentBranch
 from ironcart.ordering.repository import OrderingUnitOfWork
 from ironcart.ordering.repository import outbox as ordering_outbox
 from ironcart.ordering.service import OrderingService
-from ironcart.payments.client import InProcessPaymentsClient
+from ironcart.payments.client import PaymentsClient
 from ironcart.payments.repository import PaymentsUnitOfWork, payments_outbox
 from ironcart.payments.sandbox_gateway import HttpSandboxGateway, SandboxWebhookVerifier
 from ironcart.payments.service import PaymentService
@@ -45,16 +44,18 @@ from ironcart.platform.events import EventBus
 from ironcart.platform.http.ops import ReadinessCheck
 from ironcart.platform.ratelimit import RateLimiter
 from ironcart.platform.relay import OutboxSource
+from ironcart.platform.resilience import policy_for
 from ironcart.platform.security.crypto import SecretBox
 from ironcart.platform.security.passwords import PasswordHasher
 from ironcart.platform.security.tokens import AccessTokenVerifier
-from ironcart.platform.settings import Settings
+from ironcart.platform.settings import PaymentsSettings, Settings, ShippingSettings
 from ironcart.platform.txn.tcc import TccCoordinator, TccParticipant
 from ironcart.platform.txn.xa import XaCoordinator, xa_resource
-from ironcart.shipping.client import InProcessShippingClient, ShippingClient
+from ironcart.shipping.client import ShippingClient
 from ironcart.shipping.repository import ShippingUnitOfWork, shipping_outbox
 from ironcart.shipping.sandbox_carrier import HttpSandboxCarrier, SandboxTrackingVerifier
 from ironcart.shipping.service import ShippingService
+from ironcart.wiring import Wiring
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Container:
     outbox_wakeups: list[Callable[[], None]] = field(default_factory=list, kw_only=True)
     # Every context that records events appends its outbox here; the relay publishes them.
     outbox_sources: list[OutboxSource] = field(default_factory=list, kw_only=True)
+    # The ports' HTTP clients to other services (none when every context is in-process).
+    wiring: Wiring | None = field(default=None, kw_only=True)
 
     async def start(self) -> None:
         await self.cache.start()
@@ -93,6 +96,8 @@ class Container:
             await self.redis.aclose()
         await self.payments.aclose()
         await self.shipping.aclose()
+        if self.wiring is not None:
+            await self.wiring.aclose()
         await self.engine.dispose()
         if self.inventory_engine is not None:
             await self.inventory_engine.dispose()
@@ -126,8 +131,10 @@ def bootstrap(settings: Settings) -> Container:
         settings=identity_settings,
         key_box=SecretBox(settings.secret_key, purpose="identity-signing-keys"),
     )
+    # Each port over HTTP when its context is another service, in-process otherwise.
+    wiring = Wiring(settings, identity)
     verifier = AccessTokenVerifier(
-        InProcessIdentityClient(identity),
+        wiring.identity(),
         issuer=identity_settings.issuer,
         audience=identity_settings.audience,
         min_reload_interval_seconds=identity_settings.jwks_reload_min_interval_seconds,
@@ -147,8 +154,8 @@ def bootstrap(settings: Settings) -> Container:
     )
     cart = CartService(
         uow_factory=lambda: CartUnitOfWork(sessions),
-        catalog=InProcessCatalogClient(catalog),
-        inventory=InProcessInventoryClient(inventory),
+        catalog=wiring.catalog(catalog),
+        inventory=wiring.inventory(inventory),
     )
     bus.subscribe(ProductChanged, lambda event: cache.invalidate(_tags_of(event)))
     # The catalog keeps a read model of availability (listings filter on it, pages show it).
@@ -157,7 +164,7 @@ def bootstrap(settings: Settings) -> Container:
         lambda event: catalog.record_availability(sku=event.sku, available=event.available),
     )
     payments = _payments(settings, sessions)
-    xa = _xa(settings, engine, inventory_engine or engine, payments)
+    xa = _xa(settings, engine, inventory_engine or engine, wiring.payments(payments))
     wakeups: list[Callable[[], None]] = []
     # Shipping reads orders and checkout quotes shipping: the ordering port is bound once
     # ordering exists.
@@ -166,15 +173,15 @@ def bootstrap(settings: Settings) -> Container:
     ordering, coordinator = _ordering(
         settings,
         sessions,
-        catalog,
-        cart,
-        inventory,
-        payments,
-        InProcessShippingClient(shipping),
+        wiring.catalog(catalog),
+        wiring.cart(cart),
+        wiring.inventory(inventory),
+        wiring.payments(payments),
+        wiring.shipping(shipping),
         lambda: _wake(wakeups),
         xa,
     )
-    orders_port.bind(InProcessOrderingClient(ordering))
+    orders_port.bind(wiring.ordering(ordering))
     # Fulfilment: the order follows its shipments (shipping's outbox -> the bus, at least once).
     bus.subscribe(ShipmentCreated, ordering.on_shipment_created, retried=True)
     bus.subscribe(ShipmentDelivered, ordering.on_shipment_delivered, retried=True)
@@ -208,6 +215,7 @@ def bootstrap(settings: Settings) -> Container:
             OutboxSource(engine, shipping_outbox),
         ],
         outbox_wakeups=wakeups,
+        wiring=wiring,
     )
 
 
@@ -231,10 +239,8 @@ def _payments(settings: Settings, sessions: async_sessionmaker[AsyncSession]) ->
     gateway = HttpSandboxGateway(
         base_url=config.psp_url,
         api_key=config.psp_api_key,
-        read_timeout_seconds=config.request_timeout_seconds,
         connect_timeout_seconds=config.connect_timeout_seconds,
-        max_attempts=config.max_attempts,
-        deadline_seconds=config.call_deadline_seconds,
+        policy=policy_for("psp", settings.resilience, base=_provider_timing(config)),
     )
     verifier = SandboxWebhookVerifier(
         secret=config.webhook_secret, tolerance_seconds=config.webhook_tolerance_seconds
@@ -245,6 +251,15 @@ def _payments(settings: Settings, sessions: async_sessionmaker[AsyncSession]) ->
         verifier=verifier,
         provider=config.provider,
     )
+
+
+def _provider_timing(config: PaymentsSettings | ShippingSettings) -> dict[str, float]:
+    """A provider's timeouts and attempts, from its context's section (resilience overrides win)."""
+    return {
+        "attempt_timeout_seconds": config.request_timeout_seconds,
+        "deadline_seconds": config.call_deadline_seconds,
+        "max_attempts": config.max_attempts,
+    }
 
 
 class _LateOrderingClient:
@@ -278,10 +293,10 @@ def _shipping(
     carrier = HttpSandboxCarrier(
         base_url=config.carrier_url,
         api_key=config.carrier_api_key,
-        read_timeout_seconds=config.request_timeout_seconds,
         connect_timeout_seconds=config.connect_timeout_seconds,
-        max_attempts=config.max_attempts,
-        deadline_seconds=config.call_deadline_seconds,
+        policy=policy_for(
+            "carrier", settings.resilience, base={**_provider_timing(config), "max_concurrent": 20}
+        ),
     )
     verifiers = {
         name: SandboxTrackingVerifier(
@@ -306,10 +321,10 @@ def _wake(wakeups: list[Callable[[], None]]) -> None:
 def _ordering(
     settings: Settings,
     sessions: async_sessionmaker[AsyncSession],
-    catalog: CatalogService,
-    cart: CartService,
-    inventory: InventoryService,
-    payments: PaymentService,
+    catalog: CatalogClient,
+    cart: CartClient,
+    inventory: InventoryClient,
+    payments: PaymentsClient,
     shipping: ShippingClient,
     outbox_written: Callable[[], None],
     xa: XaCheckoutParts | None = None,
@@ -317,8 +332,8 @@ def _ordering(
     """Checkout's coordinator over its three branches: stock, money and the order itself."""
     config = settings.ordering
     participants: dict[str, TccParticipant] = {
-        "inventory": InventoryBranch(InProcessInventoryClient(inventory)),
-        "payments": PaymentBranch(InProcessPaymentsClient(payments)),
+        "inventory": InventoryBranch(inventory),
+        "payments": PaymentBranch(payments),
     }
     coordinator = TccCoordinator(
         sessions,
@@ -331,9 +346,9 @@ def _ordering(
     checkout = new_checkout(
         uow_factory=lambda: OrderingUnitOfWork(sessions),
         coordinator=coordinator,
-        catalog=InProcessCatalogClient(catalog),
-        cart=InProcessCartClient(cart),
-        inventory=InProcessInventoryClient(inventory),
+        catalog=catalog,
+        cart=cart,
+        inventory=inventory,
         shipping=shipping,
         address_box=box,
         settings=config,
@@ -342,8 +357,8 @@ def _ordering(
     ordering = OrderingService(
         uow_factory=lambda: OrderingUnitOfWork(sessions),
         checkout=checkout,
-        payments=InProcessPaymentsClient(payments),
-        inventory=InProcessInventoryClient(inventory),
+        payments=payments,
+        inventory=inventory,
         address_box=box,
         outbox_written=outbox_written,
     )
@@ -354,7 +369,7 @@ def _ordering(
 
 
 def _xa(
-    settings: Settings, engine: AsyncEngine, inventory_engine: AsyncEngine, payments: PaymentService
+    settings: Settings, engine: AsyncEngine, inventory_engine: AsyncEngine, payments: PaymentsClient
 ) -> XaCheckoutParts | None:
     """XA mode: the coordinator logs in ordering's (the main) database, over two resources."""
     if settings.checkout_txn != "xa":
@@ -369,4 +384,4 @@ def _xa(
         in_doubt_after_seconds=config.in_doubt_seconds,
         crash_points=frozenset(config.crash_points),
     )
-    return XaCheckoutParts(coordinator, ordering, inventory, InProcessPaymentsClient(payments))
+    return XaCheckoutParts(coordinator, ordering, inventory, payments)

@@ -12,10 +12,20 @@ from typing import Any, TypeVar
 
 import click
 
+from ironcart.deployment.commands import deploy
 from ironcart.platform.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
-SERVICE_CHOICES = ["all", "identity", "catalog", "inventory", "cart"]
+SERVICE_CHOICES = [
+    "all",
+    "identity",
+    "catalog",
+    "inventory",
+    "cart",
+    "ordering",
+    "payments",
+    "shipping",
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -405,6 +415,8 @@ def relay(once: bool) -> None:
     if once:
         click.echo(f"published {published} event(s)")
 
+
+main.add_command(deploy)  # `ironcart deploy nginx ...` (ironcart/deployment/commands.py)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

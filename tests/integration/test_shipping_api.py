@@ -204,6 +204,12 @@ async def _opened_shop(backend: str, sandboxes: Sandboxes) -> AsyncIterator[Shop
                 "carrier_api_key": carrier.api_key,
                 "webhook_secrets": {"sandbox": SECRET},
             },
+            # These tests take the carrier down on purpose and then prove what the next call
+            # (a resume, a retry with the same key) does; the carrier's circuit breaker, which
+            # would refuse those calls for a while, is tested in tests/unit/test_resilience_*.
+            resilience={
+                "dependencies": {"carrier": {"consecutive_failures": 0, "minimum_calls": 100_000}}
+            },
         )
         app, client = await stack.enter_async_context(running_app(settings, shipping_zones=True))
         yield Shop(app, client, carrier, await staffer(app, client))

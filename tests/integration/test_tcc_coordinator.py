@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ironcart.platform.database import create_engine, session_factory
+from ironcart.platform.errors import ServiceUnavailable
 from ironcart.platform.txn.tables import branches, transactions
 from ironcart.platform.txn.tcc import Branch, TccCoordinator, TransactionAborted, TxnState
 
@@ -29,6 +30,10 @@ class Refused(Exception):
     pass
 
 
+class Unreachable(ServiceUnavailable):
+    code = "test.unreachable"
+
+
 @dataclass
 class Recorder:
     """A participant that records calls; it can refuse a try or fail confirms for a while."""
@@ -36,6 +41,7 @@ class Recorder:
     name: str
     calls: list[tuple[str, str]]
     refuse_try: bool = False
+    unreachable_try: bool = False
     failing_confirms: int = 0
     failing_cancels: int = 0
     confirmed: set[str] = field(default_factory=set)
@@ -45,6 +51,8 @@ class Recorder:
         self.calls.append((self.name, "try"))
         if self.refuse_try:
             raise Refused(self.name)
+        if self.unreachable_try:
+            raise Unreachable(f"{self.name} did not answer in time")
 
     async def confirm(self, xid: str, payload: Mapping[str, Any]) -> None:
         self.calls.append((self.name, "confirm"))
@@ -148,6 +156,40 @@ async def test_a_refused_try_cancels_every_branch_in_reverse_and_reraises(world:
     # b was never tried: it still gets its cancel (an empty rollback that fences a late try).
     assert world.calls == [("a", "try"), ("b", "cancel"), ("a", "cancel")]
     assert await coordinator.state(xid) is TxnState.CANCELLED
+    assert await world.branch_states(xid) == ["cancelled", "cancelled"]
+    assert not world.a.confirmed
+    assert not world.b.confirmed
+
+
+async def test_an_unreachable_participant_is_left_to_recovery_and_the_others_cancelled_now(
+    world: World,
+) -> None:
+    world.b.unreachable_try = True
+    coordinator = world.coordinator(backoff=2.0)
+    xid = await world.begin(coordinator)
+
+    started = datetime.now(UTC)
+    with pytest.raises(Unreachable):
+        await coordinator.execute(xid)
+
+    # b is not asked again inside the request; a (which held something) is undone at once.
+    assert world.calls == [("a", "try"), ("b", "try"), ("a", "cancel")]
+    assert world.a.cancelled == {xid}
+    assert await coordinator.state(xid) is TxnState.CANCELLING
+    async with world.sessions() as session:
+        due = await session.scalar(
+            select(transactions.c.next_attempt_at).where(transactions.c.xid == xid)
+        )
+    assert due is not None
+    due = due if due.tzinfo else due.replace(tzinfo=UTC)
+    # Due after the retry backoff, not after the in-doubt delay (60 s).
+    assert started + timedelta(seconds=1) <= due <= datetime.now(UTC) + timedelta(seconds=3)
+
+    await world.make_due(xid)
+    assert await coordinator.recover() == 1
+
+    assert await coordinator.state(xid) is TxnState.CANCELLED
+    assert world.b.cancelled == {xid}
     assert await world.branch_states(xid) == ["cancelled", "cancelled"]
     assert not world.a.confirmed
     assert not world.b.confirmed

@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +91,11 @@ async def running_psp(
     secret: str = DEFAULT_SECRET,
     api_key: str = DEFAULT_API_KEY,
     startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
+    env: Mapping[str, str] | None = None,
+    log_level: str | None = None,
 ) -> AsyncIterator[PspProcess]:
-    """Start `ironcart sandbox-psp` (store: tmp_path/sandbox-psp.db); always stop it."""
+    """Start `ironcart sandbox-psp` (store: tmp_path/sandbox-psp.db); always stop it.
+    `env`: extra environment (e.g. tracing); `log_level`: its `--log-level`."""
     port = free_port()
     store = tmp_path / "sandbox-psp.db"
     command = [
@@ -101,14 +104,20 @@ async def running_psp(
     ]  # fmt: skip
     if webhook_url is not None:
         command += ["--webhook-url", webhook_url]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("IRONCART_")}
-    env["PYTHONUNBUFFERED"] = "1"
+    if log_level is not None:
+        command += ["--log-level", log_level]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IRONCART_")}
+    environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     stderr_path = tmp_path / f"sandbox-psp-{port}.stderr.log"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            command,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
-    server = ServerProcess(process=process, port=port, env=env, stderr_path=stderr_path)
+    server = ServerProcess(process=process, port=port, env=environment, stderr_path=stderr_path)
     try:
         await _wait_for_health(server, startup_timeout)
         yield PspProcess(server=server, api_key=api_key, secret=secret, store=store)

@@ -26,6 +26,11 @@ from ironcart.platform.http.auth import CurrentUserId, current_principal
 from ironcart.platform.http.preconditions import required_version, version_etag
 from ironcart.platform.http.schemas import StrictModel
 from ironcart.platform.money import Money
+from ironcart.platform.resilience.ratelimits import (
+    admission_settings,
+    hot_resource_limit,
+    skus_of_line,
+)
 
 CART_TOKEN_HEADER = "X-Cart-Token"  # noqa: S105 - a header name, not a secret
 SKU_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -48,6 +53,8 @@ async def optional_user_id(request: Request) -> str | None:
 
 
 Carts = Annotated[CartService, Depends(get_cart_service)]
+# A hot SKU (a sale everyone wants) is throttled per SKU, across all buyers.
+HOT_SKU = hot_resource_limit(admission_settings, skus_of_line)
 OptionalUserId = Annotated[str | None, Depends(optional_user_id)]
 CartToken = Annotated[str | None, Header(alias=CART_TOKEN_HEADER, max_length=TOKEN_MAX_LENGTH)]
 CartId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -190,7 +197,11 @@ async def read_cart(cart_id: CartId, access: CartAccess, carts: Carts) -> Respon
     return _cart_response(await carts.get_cart(cart_id=cart_id, access=access))
 
 
-@router.post("/api/v1/carts/{cart_id}/items", responses={200: {"model": CartRead}})
+@router.post(
+    "/api/v1/carts/{cart_id}/items",
+    responses={200: {"model": CartRead}},
+    dependencies=[HOT_SKU],
+)
 async def add_item(
     cart_id: CartId, body: LineAdd, request: Request, access: CartAccess, carts: Carts
 ) -> Response:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import httpx
 
 from ironcart.identity.service import IdentityService
+from ironcart.platform.http.tls import client_tls_context
 
 
 class IdentityClient(Protocol):
@@ -28,7 +29,10 @@ class InProcessIdentityClient:
 class HttpIdentityClient:
     def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=httpx.Timeout(2.0, connect=1.0)
+            base_url=base_url,
+            transport=transport,
+            timeout=httpx.Timeout(2.0, connect=1.0),
+            verify=client_tls_context(),
         )
 
     async def published_keys(self) -> Sequence[Mapping[str, Any]]:

@@ -25,6 +25,11 @@ from ironcart.platform.errors import BadRequest, InvalidRequest
 from ironcart.platform.http.auth import CurrentUser, StaffOnly
 from ironcart.platform.http.schemas import StrictModel
 from ironcart.platform.money import Money
+from ironcart.platform.resilience.ratelimits import (
+    admission_settings,
+    hot_resource_limit,
+    skus_of_lines,
+)
 
 router = APIRouter(tags=["orders"])
 
@@ -54,6 +59,9 @@ async def get_ordering(request: Request) -> OrderingService:
 
 
 Orders = Annotated[OrderingService, Depends(get_ordering)]
+# Checking out a hot SKU is throttled per SKU across all buyers (explicit lines; a checkout
+# of a cart was throttled when its lines were added).
+HOT_SKUS = hot_resource_limit(admission_settings, skus_of_lines)
 
 
 class LineIn(StrictModel):
@@ -151,7 +159,7 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
     return Response(body, status_code=status, media_type="application/json", headers=merged)
 
 
-@router.post("/api/v1/orders", status_code=201)
+@router.post("/api/v1/orders", status_code=201, dependencies=[HOT_SKUS])
 async def place_order(
     user: CurrentUser,
     orders: Orders,

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from typing import Protocol
+from urllib.parse import quote
+
+from pydantic import TypeAdapter
 
 from ironcart.contracts.ordering import OrderForFulfilment
 from ironcart.ordering.domain import Order, OrderNotFound
 from ironcart.ordering.service import OrderingService
+from ironcart.platform.http.service import ServiceClient
+
+_FULFILMENT = TypeAdapter(OrderForFulfilment | None)
 
 
 class OrderingClient(Protocol):
@@ -33,6 +39,7 @@ class InProcessOrderingClient:
         return fulfilment_view(order)
 
     async def begin_fulfilment(self, order_id: str) -> bool:
+        """Start it through the ordering service in this process."""
         return await self._service.begin_fulfilment(order_id)
 
 
@@ -49,3 +56,22 @@ def fulfilment_view(order: Order) -> OrderForFulfilment:
         country=address.get("country", ""),
         postal_code=address.get("postal_code", ""),
     )
+
+
+class HttpOrderingClient:
+    def __init__(self, service: ServiceClient) -> None:
+        self._service = service
+
+    async def order_for_fulfilment(self, order_id: str) -> OrderForFulfilment | None:
+        """Read from the ordering service; None when there is no such order."""
+        body = await self._service.request("GET", _fulfilment_path(order_id))
+        return _FULFILMENT.validate_python(body)
+
+    async def begin_fulfilment(self, order_id: str) -> bool:
+        """Start it at the ordering service; never retried (a repeat would answer False)."""
+        body = await self._service.request("POST", _fulfilment_path(order_id))
+        return bool(body["started"])
+
+
+def _fulfilment_path(order_id: str) -> str:
+    return f"/internal/v1/ordering/orders/{quote(order_id, safe='')}/fulfilment"

@@ -59,7 +59,11 @@ class _Malformed(ValueError):
 class HttpSandboxGateway:
     def __init__(self, *, base_url: str, api_key: str, **options: Unpack[ProviderOptions]) -> None:
         self._http = ProviderClient(
-            base_url=base_url, api_key=api_key, retryable_codes=RETRYABLE_CODES, **options
+            base_url=base_url,
+            api_key=api_key,
+            dependency="psp",
+            retryable_codes=RETRYABLE_CODES,
+            **options,
         )
 
     async def aclose(self) -> None:

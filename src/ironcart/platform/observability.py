@@ -12,6 +12,7 @@ import sys
 from contextvars import ContextVar
 
 import structlog
+from opentelemetry import trace
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,6 +24,8 @@ from prometheus_client import (
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 _request_id: ContextVar[str | None] = ContextVar("ironcart_request_id", default=None)
+# Switched on by platform.tracing when it traces; until then the log processor costs a test.
+_trace_ids_in_logs = False
 
 HTTP_REQUESTS = Counter(
     "ironcart_http_requests_total",
@@ -48,6 +51,23 @@ def bind_request_id(request_id: str | None) -> None:
         structlog.contextvars.bind_contextvars(request_id=request_id)
 
 
+def include_trace_ids_in_logs() -> None:
+    global _trace_ids_in_logs  # one switch for the process, set once at start
+    _trace_ids_in_logs = True
+
+
+def add_trace_ids(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Add the current span's `trace_id` and `span_id` (hex, as in `traceparent`)."""
+    if _trace_ids_in_logs:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event_dict["trace_id"] = format(context.trace_id, "032x")
+            event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def configure_logging(*, level: str = "info", json: bool = True) -> None:
     """Send structlog and stdlib logs to stderr, one JSON object a line."""
     renderer: structlog.types.Processor = (
@@ -57,6 +77,7 @@ def configure_logging(*, level: str = "info", json: bool = True) -> None:
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -2,6 +2,10 @@
 
 If Redis cannot be reached, limits fall back to this process's own counters (logged),
 so throttling weakens to per-process instead of failing open or taking logins down.
+
+`hit`/`check` use a moving window (exact, for logins). `consume` (admission control on every
+API request) uses a fixed window aligned to the clock: one counter increment, one round trip,
+and its answer gives the remaining quota and the reset time for the `RateLimit-*` headers.
 """
 
 from __future__ import annotations
@@ -34,10 +38,22 @@ class Limit:
         return parse(self.rate)
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One limit's state after a request was counted against it."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+    allowed: bool
+
+
 class RateLimiter:
     def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._fallback_storage = MemoryStorage()
         self._strategy = MovingWindowRateLimiter(storage)
-        self._fallback = MovingWindowRateLimiter(MemoryStorage())
+        self._fallback = MovingWindowRateLimiter(self._fallback_storage)
 
     @classmethod
     def in_process(cls) -> RateLimiter:
@@ -78,6 +94,21 @@ class RateLimiter:
             strategy = self._fallback
         if not allowed:
             raise RateLimited(detail, retry_after_seconds=await _retry_after(strategy, limit, key))
+
+    async def consume(self, limit: Limit, key: str, *, now: float | None = None) -> Usage:
+        """Count one request in the current fixed window of `limit`; never raises on refusal."""
+        item = limit.item
+        period = item.get_expiry()
+        now = time.time() if now is None else now
+        window = int(now // period)
+        counter = item.key_for(limit.name, key, str(window))
+        try:
+            count = await self._storage.incr(counter, period)
+        except StorageError:
+            _log.warning("rate_limit_storage_unavailable", limit=limit.name)
+            count = await self._fallback_storage.incr(counter, period)
+        reset = max(1, math.ceil((window + 1) * period - now))
+        return Usage(item.amount, max(0, item.amount - count), reset, count <= item.amount)
 
 
 async def _retry_after(strategy: MovingWindowRateLimiter, limit: Limit, key: str) -> int:

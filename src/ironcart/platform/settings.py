@@ -129,10 +129,14 @@ class PaymentsSettings(_Section):
     psp_api_key: str = Field(default="sk_test_ironcart", min_length=1)  # test value
     webhook_secret: str = Field(default="sandbox-webhook-secret", min_length=8)  # test value
     connect_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
-    request_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # The PSP's policy (platform.resilience; its breaker and bulkhead from the resilience
+    # section): checkout must fail fast when the PSP stalls. An authorization answers in well
+    # under a second, so one attempt gets 1 s, and a call with its retries 1.5 s: a timed-out
+    # attempt is retried only within what is left; a quick 5xx is retried at once.
+    request_timeout_seconds: float = Field(default=1.0, gt=0, le=120)
     # One call, all its attempts and backoff included, never takes longer than this.
-    call_deadline_seconds: float = Field(default=15.0, gt=0, le=300)
-    max_attempts: int = Field(default=4, ge=1, le=10)
+    call_deadline_seconds: float = Field(default=1.5, gt=0, le=300)
+    max_attempts: int = Field(default=3, ge=1, le=10)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     # Payments left authorizing/capturing (refunds pending) this long are reconciled.
     reconcile_after_seconds: float = Field(default=60.0, ge=1, le=86400)
@@ -209,6 +213,150 @@ class XaSettings(_Section):
     )
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces (`platform.tracing`). Off by default: then nothing is traced and
+    no request pays for it. `exporter=none` still traces (trace ids in logs, `traceparent`
+    passed on) without writing spans anywhere; `jsonl` appends one JSON span a line."""
+
+    enabled: bool = False
+    exporter: Literal["none", "console", "jsonl"] = "none"
+    jsonl_path: Path | None = None
+    # Head sampling of new traces; a request arriving with a sampled `traceparent` is kept.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    export_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _jsonl_needs_a_path(self) -> TracingSettings:
+        if self.exporter == "jsonl" and self.jsonl_path is None:
+            raise ValueError("exporter=jsonl needs jsonl_path (IRONCART_TRACING__JSONL_PATH)")
+        return self
+
+
+class AdmissionSettings(_Section):
+    """Admission control (`platform.resilience`): rate limits on /api routes and load shedding.
+
+    Limits are `limits` notation ("6000/minute"), fixed windows aligned to the clock, counted
+    in Redis when it is configured (shared by every process), in-process otherwise.
+    """
+
+    rate_limits_enabled: bool = True
+    per_ip: str = "6000/minute"
+    per_user: str = "3000/minute"
+    # Service callers (client-credentials tokens): their own limit instead of the per-IP one.
+    per_client: str = "60000/minute"
+    # One hot resource (a SKU added to carts or checked out), summed over every caller.
+    per_hot_resource: str = "300/second"
+    shedding_enabled: bool = True
+    # Requests in flight in one process at which new ones of each priority are refused (503);
+    # `max_in_flight_high` is the hard cap that bounds the process's memory. An asyncio
+    # process holds hundreds of cheap requests at once (a flash crowd of 200 buyers is a
+    # normal day): the bounds are about memory; event-loop lag is the overload signal.
+    max_in_flight_low: int = Field(default=512, ge=1, le=100_000)
+    max_in_flight_normal: int = Field(default=768, ge=1, le=100_000)
+    max_in_flight_high: int = Field(default=1024, ge=1, le=100_000)
+    # Smoothed event-loop lag at which new low / normal priority requests are refused.
+    max_lag_low_ms: float = Field(default=500.0, gt=0, le=60_000)
+    max_lag_normal_ms: float = Field(default=1500.0, gt=0, le=60_000)
+    lag_sample_ms: float = Field(default=50.0, ge=5, le=1000)
+    shed_retry_after_seconds: int = Field(default=1, ge=1, le=300)
+
+    @field_validator("per_ip", "per_user", "per_client", "per_hot_resource")
+    @classmethod
+    def _limit_notation(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as error:
+            raise ValueError(f"not a rate limit such as '600/minute': {value!r}") from error
+        return value
+
+    @model_validator(mode="after")
+    def _low_priority_refused_first(self) -> AdmissionSettings:
+        if not self.max_in_flight_low <= self.max_in_flight_normal <= self.max_in_flight_high:
+            raise ValueError("max_in_flight_low <= max_in_flight_normal <= max_in_flight_high")
+        if self.max_lag_low_ms > self.max_lag_normal_ms:
+            raise ValueError("max_lag_low_ms must not exceed max_lag_normal_ms")
+        return self
+
+
+class DependencyPolicySettings(_Section):
+    """Per-dependency overrides of `ResilienceSettings` (unset: the default applies)."""
+
+    attempt_timeout_seconds: float | None = Field(default=None, gt=0, le=300)
+    deadline_seconds: float | None = Field(default=None, gt=0, le=600)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    backoff_initial_seconds: float | None = Field(default=None, ge=0, le=60)
+    backoff_max_seconds: float | None = Field(default=None, ge=0, le=60)
+    max_concurrent: int | None = Field(default=None, ge=1, le=10_000)
+    queue_seconds: float | None = Field(default=None, ge=0, le=60)
+    retry_budget_ratio: float | None = Field(default=None, ge=0, le=10)
+    retry_budget_floor_per_second: float | None = Field(default=None, ge=0, le=1000)
+    window_seconds: float | None = Field(default=None, gt=0, le=3600)
+    minimum_calls: int | None = Field(default=None, ge=1, le=100_000)
+    failure_ratio: float | None = Field(default=None, gt=0, le=1)
+    slow_call_seconds: float | None = Field(default=None, gt=0, le=600)
+    slow_call_ratio: float | None = Field(default=None, gt=0, le=1)
+    open_seconds: float | None = Field(default=None, gt=0, le=3600)
+    half_open_probes: int | None = Field(default=None, ge=1, le=1000)
+    consecutive_failures: int | None = Field(default=None, ge=0, le=100_000)
+
+
+class ResilienceSettings(_Section):
+    """Outbound call policies (`platform.resilience`): the defaults of every dependency, then
+    `dependencies.<name>` overrides, e.g. IRONCART_RESILIENCE__DEPENDENCIES__PSP__OPEN_SECONDS.
+    The PSP's and carrier's timeouts and attempts come from the payments / shipping sections."""
+
+    # A request's own deadline (a caller may ask for less with X-Request-Deadline-Ms), and
+    # tighter ones per route, e.g. {"POST /api/v1/orders": 2.0}: outbound calls then only get
+    # what is left of it. None by default: under load the database work of a healthy checkout
+    # alone can take that long, and the PSP's own policy already bounds its calls.
+    request_deadline_seconds: float = Field(default=30.0, gt=0, le=3600)
+    route_deadlines: dict[str, float] = Field(default_factory=dict)
+    attempt_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
+    deadline_seconds: float = Field(default=5.0, gt=0, le=600)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_initial_seconds: float = Field(default=0.05, ge=0, le=60)
+    backoff_max_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Bulkhead: calls in flight to one dependency, and how long the next may wait for a slot.
+    max_concurrent: int = Field(default=50, ge=1, le=10_000)
+    queue_seconds: float = Field(default=0.1, ge=0, le=60)
+    # Retry budget: retries <= ratio x calls + floor x window, over the breaker's window.
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=10)
+    retry_budget_floor_per_second: float = Field(default=1.0, ge=0, le=1000)
+    # Circuit breaker over a sliding window of `window_seconds` (ten buckets).
+    window_seconds: float = Field(default=10.0, gt=0, le=3600)
+    minimum_calls: int = Field(default=5, ge=1, le=100_000)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    slow_call_seconds: float = Field(default=1.0, gt=0, le=600)
+    slow_call_ratio: float = Field(default=0.8, gt=0, le=1)
+    open_seconds: float = Field(default=5.0, gt=0, le=3600)
+    half_open_probes: int = Field(default=2, ge=1, le=1000)
+    # Opens after this many failures in a row whatever the window holds (0: never).
+    consecutive_failures: int = Field(default=5, ge=0, le=100_000)
+    dependencies: dict[str, DependencyPolicySettings] = Field(default_factory=dict)
+
+    @field_validator("dependencies")
+    @classmethod
+    def _dependency_names(
+        cls, value: dict[str, DependencyPolicySettings]
+    ) -> dict[str, DependencyPolicySettings]:
+        # Environment variables arrive lower-cased: names are lower-case everywhere.
+        for name in value:
+            if not name or len(name) > 32 or not name.replace("_", "").isalnum():
+                raise ValueError(f"not a dependency name: {name!r}")
+        return {name.lower(): overrides for name, overrides in value.items()}
+
+    @field_validator("route_deadlines")
+    @classmethod
+    def _routes(cls, value: dict[str, float]) -> dict[str, float]:
+        for route, seconds in value.items():
+            method, _, path = route.partition(" ")
+            if not method.isalpha() or not path.startswith("/") or not 0 < seconds <= 3600:
+                raise ValueError(f"not 'METHOD /path' with 0 < seconds <= 3600: {route!r}")
+        return {f"{r.partition(' ')[0].upper()} {r.partition(' ')[2]}": s for r, s in value.items()}
+
+
 class ServerSettings(_Section):
     # Run the worker's jobs (outbox relay, checkout recovery, reservation expiry...) inside
     # each server process: the embedded default. Production may run `ironcart worker` instead.
@@ -237,6 +385,21 @@ class RelaySettings(_Section):
             if not prefix.isidentifier() or not prefix.islower():
                 raise ValueError(f"not a table prefix: {prefix!r}")
         return value
+
+
+ServiceName = Literal[
+    "identity", "catalog", "inventory", "cart", "ordering", "payments", "shipping"
+]
+
+
+class ServiceEndpoint(_Section):
+    """Another context running as its own service: its port then goes over HTTP
+    (`IRONCART_SERVICES__INVENTORY__URL=http://127.0.0.1:8003`)."""
+
+    url: str = Field(pattern=r"^https?://[^/\s?#]+(/[^\s?#]*)?$", max_length=300)
+    connect_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    read_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    max_connections: int = Field(default=100, ge=1, le=10_000)
 
 
 class Settings(BaseSettings):
@@ -273,6 +436,15 @@ class Settings(BaseSettings):
     relay: RelaySettings = RelaySettings()
     ordering: OrderingSettings = OrderingSettings()
     shipping: ShippingSettings = ShippingSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    tracing: TracingSettings = TracingSettings()
+    # Contexts served by other processes; a context not listed is called in-process.
+    services: dict[ServiceName, ServiceEndpoint] = Field(default_factory=dict)
+    # This process's OAuth2 client (`ironcart client create --scope service:<context> ...`)
+    # for its calls to the services above.
+    service_client_id: str | None = Field(default=None, min_length=1, max_length=200)
+    service_client_secret: str | None = Field(default=None, min_length=1, max_length=500)
 
     @field_validator("database_url")
     @classmethod
@@ -338,6 +510,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{' and '.join(placeholders)} must be set to real secrets in production"
                 " (the defaults are the sandbox carrier's published test values)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _services_need_credentials(self) -> Settings:
+        if not self.services:
+            return self
+        if not (self.service_client_id and self.service_client_secret):
+            raise ValueError(
+                "IRONCART_SERVICES__*__URL is set: IRONCART_SERVICE_CLIENT_ID and"
+                " IRONCART_SERVICE_CLIENT_SECRET must name this process's service client"
+                " (ironcart client create --scope service:<context> ...)"
+            )
+        if self.checkout_txn == "xa" and "inventory" in self.services:
+            raise ValueError(
+                "IRONCART_CHECKOUT_TXN=xa sells stock in a branch on inventory's database, which"
+                " cannot go over HTTP: unset IRONCART_SERVICES__INVENTORY__URL or use tcc"
             )
         return self
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ironcart.platform.tracing import trace_sandbox
 from ironcart.sandbox.carrier_service import CarrierService
 from ironcart.sandbox.carrier_store import SqlCarrierStore
 from ironcart.sandbox.common import (
@@ -191,4 +192,5 @@ def create_app(config: CarrierConfig) -> Starlette:
 
 def serve(config: CarrierConfig, *, host: str, port: int, log_level: str) -> None:
     """Run the sandbox carrier on one uvicorn worker until SIGINT/SIGTERM."""
-    serve_app(create_app(config), host=host, port=port, log_level=log_level)
+    app = trace_sandbox(create_app(config), service="sandbox-carrier")  # when IRONCART_TRACING__*
+    serve_app(app, host=host, port=port, log_level=log_level)

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ironcart.platform.tracing import trace_sandbox
 from ironcart.sandbox.common import (
     authenticate,
     cancel,
@@ -248,7 +249,8 @@ def create_app(config: PspConfig) -> Starlette:
 
 def serve(config: PspConfig, *, host: str, port: int, log_level: str) -> None:
     """Run the sandbox on one uvicorn worker until SIGINT/SIGTERM."""
-    serve_app(create_app(config), host=host, port=port, log_level=log_level)
+    app = trace_sandbox(create_app(config), service="sandbox-psp")  # when IRONCART_TRACING__*
+    serve_app(app, host=host, port=port, log_level=log_level)
 
 
 async def _answer(

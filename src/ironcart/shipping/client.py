@@ -5,9 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Protocol
 
+from pydantic import TypeAdapter
+
 from ironcart.contracts.shipping import ShippingQuote
+from ironcart.platform.http.service import ServiceClient
 from ironcart.shipping.domain import MethodNotOffered
 from ironcart.shipping.service import ShippingService
+
+_QUOTES = TypeAdapter(list[ShippingQuote])
 
 
 class ShippingClient(Protocol):
@@ -91,3 +96,58 @@ class InProcessShippingClient:
             if offer.method_code == method_code:
                 return offer.price
         raise MethodNotOffered(method_code)
+
+
+class HttpShippingClient:
+    """Over the shipping service; quotes are reads (POST with a body, retried)."""
+
+    def __init__(self, service: ServiceClient) -> None:
+        self._service = service
+
+    async def methods(
+        self,
+        *,
+        country: str,
+        postal_code: str | None,
+        weight_grams: int,
+        subtotal: Decimal,
+        currency: str,
+    ) -> list[ShippingQuote]:
+        """The offered methods, quoted by the shipping service."""
+        parcel = _parcel(country, postal_code, weight_grams, subtotal, currency)
+        answer = await self._service.request(
+            "POST", "/internal/v1/shipping/methods", json=parcel, retryable=True
+        )
+        return _QUOTES.validate_python(answer)
+
+    async def quote(
+        self,
+        *,
+        method_code: str,
+        country: str,
+        postal_code: str | None,
+        weight_grams: int,
+        subtotal: Decimal,
+        currency: str,
+    ) -> Decimal:
+        """The price of one method, quoted by the shipping service."""
+        parcel = _parcel(country, postal_code, weight_grams, subtotal, currency)
+        answer = await self._service.request(
+            "POST",
+            "/internal/v1/shipping/quote",
+            json={**parcel, "method_code": method_code},
+            retryable=True,
+        )
+        return Decimal(str(answer["price"]))
+
+
+def _parcel(
+    country: str, postal_code: str | None, weight_grams: int, subtotal: Decimal, currency: str
+) -> dict[str, object]:
+    return {
+        "country": country,
+        "postal_code": postal_code,
+        "weight_grams": weight_grams,
+        "subtotal": str(subtotal),
+        "currency": currency,
+    }

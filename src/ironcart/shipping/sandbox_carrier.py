@@ -48,7 +48,11 @@ class HttpSandboxCarrier:
     def __init__(self, *, base_url: str, api_key: str, **options: Unpack[ProviderOptions]) -> None:
         options.setdefault("max_connections", 20)  # the bulkhead
         self._http = ProviderClient(
-            base_url=base_url, api_key=api_key, retryable_codes=RETRYABLE_CODES, **options
+            base_url=base_url,
+            api_key=api_key,
+            dependency="carrier",
+            retryable_codes=RETRYABLE_CODES,
+            **options,
         )
 
     async def aclose(self) -> None:

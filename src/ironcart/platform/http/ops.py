@@ -1,4 +1,4 @@
-"""Operational endpoints: liveness, readiness and metrics."""
+"""Operational endpoints: liveness, readiness, metrics and the circuit breakers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ironcart.platform.http.problems import problem
 from ironcart.platform.observability import render_metrics
+from ironcart.platform.resilience import Policy, registered_policies
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -77,3 +78,27 @@ async def readyz(request: Request) -> Response:
 async def metrics() -> Response:
     body, content_type = render_metrics()
     return Response(body, media_type=content_type)
+
+
+@router.get("/ops/breakers")
+async def breakers() -> Response:
+    """Each outbound dependency's breaker and bulkhead as this process sees them."""
+    body = {name: _describe(policy) for name, policy in registered_policies().items()}
+    return Response(orjson.dumps({"dependencies": body}), media_type="application/json")
+
+
+def _describe(policy: Policy) -> dict[str, object]:
+    snapshot = policy.breaker.snapshot()
+    until = snapshot.seconds_until_half_open
+    return {
+        "state": snapshot.state.name.lower(),
+        "calls": snapshot.calls,
+        "failures": snapshot.failures,
+        "slow": snapshot.slow,
+        "seconds_until_half_open": None if until is None else round(until, 3),
+        "window_seconds": policy.config.breaker.window_seconds,
+        "attempts_made": policy.attempts_made,
+        "in_flight": policy.bulkhead.in_flight,
+        "waiting": policy.bulkhead.waiting,
+        "max_concurrent": policy.bulkhead.max_concurrent,
+    }

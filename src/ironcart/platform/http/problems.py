@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from ironcart.platform.errors import ErrorKind, IronCartError, RateLimited
 from ironcart.platform.observability import current_request_id
+from ironcart.platform.txn.fence import FenceError
 
 _log = structlog.get_logger("ironcart.http")
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -122,6 +123,14 @@ async def _on_domain_error(_request: Request, error: Exception) -> Response:
     )
 
 
+async def _on_fence_error(_request: Request, error: Exception) -> Response:
+    # A TCC participant refused a branch move (a late try, confirm after cancel...): the
+    # coordinator in another service rebuilds the same `FenceError` from this answer.
+    if not isinstance(error, FenceError):
+        raise error
+    return problem(409, error.code, title="Transaction branch refused", detail=str(error))
+
+
 async def _on_validation_error(_request: Request, error: Exception) -> Response:
     if not isinstance(error, RequestValidationError):
         raise error
@@ -176,6 +185,7 @@ async def _on_driver_error(request: Request, error: Exception) -> Response:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IronCartError, _on_domain_error)
+    app.add_exception_handler(FenceError, _on_fence_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(DataError, _on_unstorable_data)

@@ -12,7 +12,10 @@ Life of a global transaction (`txn_transactions.state`):
    exactly when its order does.
 2. `execute` calls every branch's try in order. If one fails, the transaction moves to
    `cancelling` and every branch is cancelled — also the ones never tried (participants
-   record an empty rollback, so a late try is suspended). If all succeed, the decision
+   record an empty rollback, so a late try is suspended) — except the branch whose try
+   failed as unreachable (an `unavailable` error: its provider timed out or its breaker is
+   open), which is left to recovery a few seconds later so the caller gets its answer at
+   once instead of waiting on the same dead dependency again. If all succeed, the decision
    is a conditional UPDATE `trying -> confirming`; it loses only when recovery already
    gave up on the transaction, which then ends cancelled (`TransactionAborted`).
 3. Confirms (or cancels) that fail are left to `recover`, which claims transactions
@@ -40,6 +43,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ironcart.platform.database import reading_sessions
+from ironcart.platform.errors import ErrorKind, IronCartError
 from ironcart.platform.txn.tables import branches as branches_table
 from ironcart.platform.txn.tables import transactions
 
@@ -175,8 +179,17 @@ class TccCoordinator:
                 await self._participant(branch).try_(xid, branch.payload)
             except Exception as error:
                 reason = f"{branch.name}: {type(error).__name__}"
-                await self._move(xid, TxnState.TRYING, TxnState.CANCELLING, reason=reason)
-                await self._drive_cancel(xid, branches)
+                # A participant that could not be reached is not asked again inside this
+                # request (the caller is owed a fast answer): recovery cancels it shortly.
+                unreachable = branch.name if _unreachable(error) else None
+                await self._move(
+                    xid,
+                    TxnState.TRYING,
+                    TxnState.CANCELLING,
+                    reason=reason,
+                    retry_in=None if unreachable is None else self._backoff,
+                )
+                await self._drive_cancel(xid, branches, deferred=unreachable)
                 TCC_OUTCOMES.labels(kind, "cancelled").inc()
                 raise
             self._crash_point(f"after_try:{branch.name}")
@@ -282,10 +295,13 @@ class TccCoordinator:
         *,
         reason: str | None = None,
         branch_state: str | None = None,
+        retry_in: float | None = None,
     ) -> bool:
         values: dict[str, Any] = {"state": target.value, "updated_at": self._clock()}
         if reason is not None:
             values["reason"] = reason[:200]
+        if retry_in is not None:
+            values["next_attempt_at"] = values["updated_at"] + timedelta(seconds=retry_in)
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 update(transactions)
@@ -311,13 +327,26 @@ class TccCoordinator:
         await self._move(xid, TxnState.CONFIRMING, TxnState.CONFIRMED, branch_state="confirmed")
         return TxnState.CONFIRMED
 
-    async def _drive_cancel(self, xid: str, branches: Sequence[Branch]) -> TxnState:
+    async def _drive_cancel(
+        self, xid: str, branches: Sequence[Branch], *, deferred: str | None = None
+    ) -> TxnState:
+        """Cancel every branch but `deferred` (left, with the transaction, to recovery)."""
         # Reverse order: undo the last effect first (the order, then money, then stock).
         for branch in reversed(branches):
+            if branch.name == deferred:
+                _log.info("tcc_cancel_deferred", xid=xid, branch=branch.name, why="unreachable")
+                continue
             try:
                 await self._participant(branch).cancel(xid, branch.payload)
             except Exception:  # noqa: BLE001 - decided: recovery retries the cancel later
                 _log.warning("tcc_cancel_deferred", xid=xid, branch=branch.name, exc_info=True)
                 return TxnState.CANCELLING
+        if deferred is not None:
+            return TxnState.CANCELLING
         await self._move(xid, TxnState.CANCELLING, TxnState.CANCELLED, branch_state="cancelled")
         return TxnState.CANCELLED
+
+
+def _unreachable(error: BaseException) -> bool:
+    """The participant did not answer (its dependency is down, slow or refusing calls)."""
+    return isinstance(error, IronCartError) and error.kind is ErrorKind.UNAVAILABLE
