@@ -159,3 +159,24 @@ async def test_limits_can_be_switched_off(sqlite_url: str) -> None:
         answers = [await client.get("/api/v1/categories") for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert all("ratelimit-limit" not in a.headers for a in answers)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-in-redis", "per-process"])
+async def test_the_per_ip_limit_is_shared_by_processes_only_when_asked(
+    postgres_url: str, redis_url: str, shared: bool
+) -> None:
+    settings = settings_for(
+        postgres_url, redis_url=redis_url, **_admission(per_ip="2/day", per_ip_shared=shared)
+    )
+    address = (f"ip-{uuid.uuid4().hex[:12]}", 50000)
+    async with running_app(settings) as (one, _), running_app(settings) as (two, _):
+        answers = []
+        for app in (one, one, two):
+            transport = httpx.ASGITransport(app=app, client=address)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                answers.append(await client.get("/api/v1/categories"))
+    assert [a.status_code for a in answers[:2]] == [200, 200]
+    if shared:
+        _assert_refused(answers[2])
+    else:  # the other process has its own count: nginx's limit_req is the shared one
+        assert (answers[2].status_code, _quota(answers[2])[:2]) == (200, (2, 1))

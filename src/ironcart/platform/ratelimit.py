@@ -10,6 +10,7 @@ and its answer gives the remaining quota and the reset time for the `RateLimit-*
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ class Limit:
 
     @property
     def item(self) -> RateLimitItem:
-        return parse(self.rate)
+        return _parsed(self.rate)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(rate: str) -> RateLimitItem:
+    """`limits.parse` runs a regex: once per rate, not once per request."""
+    return parse(rate)
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,6 +241,10 @@ class AdmissionSettings(_Section):
 
     rate_limits_enabled: bool = True
     per_ip: str = "6000/minute"
+    # Count the per-IP limit in Redis (shared by every process) rather than in each process;
+    # off by default: a round trip per request halves the cached read path, and the edge's
+    # `limit_req` (ironcart deploy nginx --rate-limit) shares one limit per address.
+    per_ip_shared: bool = False
     per_user: str = "3000/minute"
     # Service callers (client-credentials tokens): their own limit instead of the per-IP one.
     per_client: str = "60000/minute"

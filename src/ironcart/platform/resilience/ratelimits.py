@@ -1,7 +1,8 @@
 """Rate limits on the API: per client IP, per user, per service client, per hot resource.
 
 Every request under `/api/` is counted against the limits that apply to it (one fixed-window
-counter each, in Redis when configured, see `platform.ratelimit`):
+counter each, in Redis when configured, see `platform.ratelimit`; the per-IP counter stays in
+each process unless `per_ip_shared`: nginx's `limit_req` is the shared per-address limit):
 
 - a person (a valid bearer token of a user): the per-IP limit and the per-user limit (`sub`);
 - a service client (a valid client-credentials token): the per-client limit only (a larger
@@ -77,6 +78,12 @@ class RateLimitMiddleware:
         self.per_user = Limit("api-user", settings.per_user)
         self.per_client = Limit("api-client", settings.per_client)
         self._limiter: RateLimiter | None = None
+        # The per-IP count of anonymous traffic (most of it cached catalogue reads) stays in
+        # this process unless `per_ip_shared`: a Redis round trip per request would cost the
+        # read path most of its throughput, and the edge (nginx `limit_req`) is where one
+        # limit per address is shared by every instance. People, clients and hot resources
+        # are always counted in the shared store.
+        self._ip_limiter = None if settings.per_ip_shared else RateLimiter.in_process()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -84,7 +91,11 @@ class RateLimitMiddleware:
             return
         limiter = self.limiter(scope)
         checks = self._limits_for(scope, await self._principal(scope))
-        usages = list(await asyncio.gather(*(limiter.consume(lim, key) for lim, key in checks)))
+        usages = list(
+            await asyncio.gather(
+                *(self._counter(limiter, lim).consume(lim, key) for lim, key in checks)
+            )
+        )
         if not all(usage.allowed for usage in usages):
             await self._refuse(usages, scope, receive, send)
             return
@@ -104,6 +115,11 @@ class RateLimitMiddleware:
             redis = scope["app"].state.container.redis
             self._limiter = RateLimiter.redis(redis) if redis else RateLimiter.in_process()
         return self._limiter
+
+    def _counter(self, shared: RateLimiter, limit: Limit) -> RateLimiter:
+        if limit is self.per_ip and self._ip_limiter is not None:
+            return self._ip_limiter
+        return shared
 
     def _limits_for(self, scope: Scope, principal: Principal | None) -> list[tuple[Limit, str]]:
         if principal is not None and principal.client_id is not None:
