@@ -3,24 +3,18 @@ cart), for services holding the `service:cart` scope only."""
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, params
+from fastapi import Depends, Query, Request, Response
 from fastapi import Path as InPath
 from pydantic import Field
 
 from ironcart.cart.client import InProcessCartClient
 from ironcart.contracts.cart import CartSnapshot
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 from ironcart.platform.http.schemas import StrictModel
 
-SCOPE = "service:cart"
-
-router = APIRouter(
-    prefix="/internal/v1/cart",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("cart")
 
 
 async def _carts(request: Request) -> InProcessCartClient:

@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, params
+from fastapi import Depends, Request
 from pydantic import Field
 
 from ironcart.catalog.client import InProcessCatalogClient
 from ironcart.contracts.catalog import VariantSnapshot
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 from ironcart.platform.http.schemas import StrictModel
 
-SCOPE = "service:catalog"
-
-router = APIRouter(
-    prefix="/internal/v1/catalog",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("catalog")
 
 
 async def _catalog(request: Request) -> InProcessCatalogClient:

@@ -7,25 +7,20 @@ errors. The XA branch (`sell_in_branch`) runs on a database connection: it has n
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, params
+from fastapi import Depends, Request, Response
 from fastapi import Path as InPath
 from pydantic import Field
 
 from ironcart.contracts.inventory import Reservation
 from ironcart.inventory.client import InProcessInventoryClient
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 from ironcart.platform.http.schemas import StrictModel
 
-SCOPE = "service:inventory"
 MAX_LINES = 500
 
-router = APIRouter(
-    prefix="/internal/v1/inventory",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("inventory")
 
 
 async def _inventory(request: Request) -> InProcessInventoryClient:

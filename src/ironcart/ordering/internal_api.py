@@ -3,23 +3,17 @@ ships and starts its fulfilment), for services holding the `service:ordering` sc
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, params
+from fastapi import Depends, Request
 from fastapi import Path as InPath
 from pydantic import BaseModel
 
 from ironcart.contracts.ordering import OrderForFulfilment
 from ironcart.ordering.client import InProcessOrderingClient
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 
-SCOPE = "service:ordering"
-
-router = APIRouter(
-    prefix="/internal/v1/ordering",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("ordering")
 
 
 async def _orders(request: Request) -> InProcessOrderingClient:

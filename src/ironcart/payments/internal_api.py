@@ -8,24 +8,18 @@ so the caller may retry them. A refund carries the caller's Idempotency-Key.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, params
+from fastapi import Depends, Header, Request
 from fastapi import Path as InPath
 from pydantic import Field
 
 from ironcart.contracts.payments import PaymentSnapshot, RefundSnapshot
 from ironcart.payments.client import InProcessPaymentsClient
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 from ironcart.platform.http.schemas import StrictModel
 
-SCOPE = "service:payments"
-
-router = APIRouter(
-    prefix="/internal/v1/payments",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("payments")
 
 
 async def _payments(request: Request) -> InProcessPaymentsClient:

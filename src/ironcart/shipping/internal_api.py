@@ -4,23 +4,17 @@ an order), for services holding the `service:shipping` scope only."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, cast
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, params
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from ironcart.contracts.shipping import ShippingQuote
-from ironcart.platform.http.auth import require_scope
+from ironcart.platform.http.auth import internal_router
 from ironcart.platform.http.schemas import StrictModel
 from ironcart.shipping.client import InProcessShippingClient
 
-SCOPE = "service:shipping"
-
-router = APIRouter(
-    prefix="/internal/v1/shipping",
-    dependencies=[cast(params.Depends, require_scope(SCOPE))],
-    include_in_schema=False,
-)
+router = internal_router("shipping")
 
 
 async def _shipping(request: Request) -> InProcessShippingClient:

@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request, params
 
 from ironcart.contracts.identity import Principal
 from ironcart.platform.errors import Forbidden, Unauthenticated
 from ironcart.platform.security.tokens import AccessTokenVerifier, InvalidAccessToken
 
 REALM = 'Bearer realm="ironcart"'
+# Where a middleware that already verified the request's token leaves its principal.
+VERIFIED_PRINCIPAL = "ironcart.principal"
 
 
 class InsufficientScope(Forbidden):
@@ -33,6 +35,9 @@ def _bearer_token(request: Request) -> str:
 
 
 async def current_principal(request: Request) -> Principal:
+    verified: Principal | None = request.scope.get(VERIFIED_PRINCIPAL)
+    if verified is not None:  # the rate limiter verified this request's token already
+        return verified
     token = _bearer_token(request)
     verifier: AccessTokenVerifier = request.app.state.token_verifier
     try:
@@ -85,3 +90,13 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 CurrentUserId = Annotated[str, Depends(current_user_id)]
 StaffOnly = Annotated[Principal, require_scope("staff")]
 AdminOnly = Annotated[Principal, require_scope("admin")]
+
+
+def internal_router(context: str) -> APIRouter:
+    """The router of `context`'s internal API (`/internal/v1/<context>`): for services holding
+    the scope `service:<context>` only, and left out of the public OpenAPI document."""
+    return APIRouter(
+        prefix=f"/internal/v1/{context}",
+        dependencies=[cast(params.Depends, require_scope(f"service:{context}"))],
+        include_in_schema=False,
+    )

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ironcart.contracts.identity import Principal
 from ironcart.platform.errors import RateLimited
+from ironcart.platform.http.auth import VERIFIED_PRINCIPAL
 from ironcart.platform.http.problems import problem
 from ironcart.platform.ratelimit import Limit, RateLimiter, Usage
 from ironcart.platform.security.tokens import AccessTokenVerifier, InvalidAccessToken
@@ -90,7 +91,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limiter = self.limiter(scope)
-        checks = self._limits_for(scope, await self._principal(scope))
+        principal = await self._principal(scope)
+        if principal is not None:  # the route's auth dependency need not verify it again
+            scope[VERIFIED_PRINCIPAL] = principal
+        checks = self._limits_for(scope, principal)
         usages = list(
             await asyncio.gather(
                 *(self._counter(limiter, lim).consume(lim, key) for lim, key in checks)
