@@ -82,6 +82,8 @@ def serve(
     """Serve the HTTP API (SIGTERM drains in-flight requests)."""
     import uvicorn
 
+    from ironcart.platform.http.server_protocol import UVICORN_HTTP
+
     settings = _settings(host=host, port=port, workers=workers)
     os.environ["IRONCART_SERVICE"] = service
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -101,6 +103,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        http=UVICORN_HTTP,  # a killed worker sends a whole response or nothing
         log_config=None,
         access_log=False,
         server_header=False,
