@@ -9,6 +9,9 @@ payments) and the order is paid; staff ship it (shipping -> ordering); the custo
 cancel of a second paid order refunds it (ordering -> payments) and restocks it (ordering
 -> inventory). The inventory and payments services' request logs show the internal calls
 under the request id of the checkout that made them: the calls really crossed processes.
+Every process is traced (spans appended to one jsonl file): the checkout is one trace, from
+the caller's `traceparent` through ordering, cart, catalog, inventory, shipping and payments
+to the PSP, and every service logs its part of it under the one request id.
 A checkout short of stock (inventory's 409) and one with a declined card (payments' 402,
 raised in the TCC try) reach the customer as they do with every context in one process.
 """
@@ -16,6 +19,7 @@ raised in the TCC try) reach the customer as they do with every context in one p
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +40,7 @@ from tests.support.psp import running_psp
 from tests.support.server import ServerProcess, free_port, server_environment
 from tests.support.services import CONTEXTS, running_services
 from tests.support.shop import address
+from tests.support.tracing import Span, by_trace, descends_from, load_spans, tracing_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -49,6 +54,7 @@ DEADLINE_SECONDS = 10.0
 class Shop:
     services: dict[str, ServerProcess]
     http: dict[str, httpx.AsyncClient]
+    spans_path: Path
 
     def __getitem__(self, context: str) -> httpx.AsyncClient:
         return self.http[context]
@@ -77,8 +83,11 @@ async def shop(postgres_url: str, redis_url: str, tmp_path: Path) -> AsyncIterat
     ports = {"payments": free_port(), "shipping": free_port()}
     psp_hook = f"http://127.0.0.1:{ports['payments']}/api/v1/payments/webhooks/sandbox"
     carrier_hook = f"http://127.0.0.1:{ports['shipping']}/api/v1/shipping/webhooks/sandbox"
+    spans_path = tmp_path / "spans.jsonl"  # every process's spans, one JSON object a line
     async with (
-        running_psp(tmp_path, webhook_url=psp_hook) as psp,
+        running_psp(
+            tmp_path, webhook_url=psp_hook, env=tracing_env(spans_path), log_level="info"
+        ) as psp,
         running_carrier(tmp_path, webhook_url=carrier_hook, secret=CARRIER_SECRET) as carrier,
     ):
         env = server_environment(
@@ -97,13 +106,14 @@ async def shop(postgres_url: str, redis_url: str, tmp_path: Path) -> AsyncIterat
             },
         )
         env.update(credentials)
+        env.update(tracing_env(spans_path))
         async with running_services(postgres_url, tmp_path, env=env, ports=ports) as services:
             clients = {
                 name: httpx.AsyncClient(base_url=server.base_url, timeout=30)
                 for name, server in services.items()
             }
             try:
-                yield Shop(services, clients)
+                yield Shop(services, clients, spans_path)
             finally:
                 for client in clients.values():
                     await client.aclose()
@@ -154,9 +164,15 @@ async def _filled_cart(shop: Shop, buyer: dict[str, str], sku: str, quantity: in
 
 
 async def _checkout(
-    shop: Shop, buyer: dict[str, str], body: dict[str, Any], request_id: str
+    shop: Shop,
+    buyer: dict[str, str],
+    body: dict[str, Any],
+    request_id: str,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
     headers = {**buyer, "Idempotency-Key": str(uuid.uuid4()), "X-Request-ID": request_id}
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
     body = {
         "shipping_address": address(),
         "shipping_method": "standard",
@@ -232,8 +248,10 @@ async def test_checkout_ship_cancel_and_refusals_across_seven_services(shop: Sho
     sku = await _stocked_product(shop, staff, 10)
     cart_id = await _filled_cart(shop, buyer, sku, 2)
     checkout_id = f"e2e-checkout-{uuid.uuid4().hex[:12]}"
+    trace_id, caller_span_id = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = f"00-{trace_id}-{caller_span_id}-01"
 
-    order = await _checkout(shop, buyer, {"cart_id": cart_id}, checkout_id)
+    order = await _checkout(shop, buyer, {"cart_id": cart_id}, checkout_id, traceparent)
     shipped = await shop["shipping"].post(
         f"/api/v1/orders/{order['id']}/shipments",
         json={"lines": [{"sku": sku, "quantity": 2}], "carrier": "sandbox"},
@@ -278,4 +296,54 @@ async def test_checkout_ship_cancel_and_refusals_across_seven_services(shop: Sho
     assert _internal_calls(shop.services["inventory"], f"{checkout_id}-cancel") == [
         "PUT /internal/v1/inventory/transactions/{xid}/return 204"
     ]
+    await _assert_one_trace_and_one_request_id(shop, trace_id, caller_span_id, checkout_id)
     await _assert_refusals_reach_the_customer_as_in_one_process(shop, staff, buyer)
+
+
+TRACED_SERVICES = {
+    "ordering",
+    "cart",
+    "catalog",
+    "inventory",
+    "shipping",
+    "payments",
+    "sandbox-psp",
+}
+
+
+async def _checkout_trace(shop: Shop, trace_id: str) -> list[Span]:
+    """The checkout's spans, once every service in TRACED_SERVICES has exported its part
+    (each exports a batch every 0.1 s)."""
+
+    async def read() -> list[Span]:
+        return by_trace(load_spans(shop.spans_path)).get(trace_id, [])
+
+    def complete(spans: list[Span]) -> bool:
+        serving = {s["service"] for s in spans if s["kind"] == "SERVER"}
+        return serving >= {f"ironcart-{name}" for name in TRACED_SERVICES}
+
+    spans: list[Span] = await _until(read, complete, "every service's spans of the checkout")
+    return spans
+
+
+async def _assert_one_trace_and_one_request_id(
+    shop: Shop, trace_id: str, caller_span_id: str, request_id: str
+) -> None:
+    spans = await _checkout_trace(shop, trace_id)
+    [root] = [s for s in spans if s["name"] == "POST /api/v1/orders"]
+    by_id = {span["span_id"]: span for span in spans}
+
+    assert (root["service"], root["kind"], root["parent_id"]) == (
+        "ironcart-ordering",
+        "SERVER",
+        caller_span_id,  # ordering continued the caller's trace
+    )
+    assert all(descends_from(span, root, spans) for span in spans if span is not root)
+    others = [s for s in spans if s["kind"] == "SERVER" and s is not root]
+    # Every other service's span was opened by a client span of the process that called it.
+    assert {by_id[s["parent_id"]]["kind"] for s in others} == {"CLIENT"}
+    assert all(by_id[s["parent_id"]]["service"] != s["service"] for s in others)
+    for name in TRACED_SERVICES - {"sandbox-psp"}:
+        lines = [r for r in shop.services[name].log_records() if r.get("trace_id") == trace_id]
+        assert lines, f"{name} logged nothing in the checkout's trace"
+        assert {line.get("request_id") for line in lines} == {request_id}, name
