@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
     if service != "all" and service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; choose all or one of {sorted(SERVICES)}")
     tracer_provider = configure_tracing(settings, service=service)  # None: tracing is off
+    own_contexts = None if service == "all" else {service}  # whose background jobs it runs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +62,7 @@ def create_app(settings: Settings, *, service: str = "all") -> FastAPI:
         await container.start()
         stop = asyncio.Event()
         jobs = (
-            asyncio.create_task(run_background_jobs(container, stop))
+            asyncio.create_task(run_background_jobs(container, stop, contexts=own_contexts))
             if settings.server.background_jobs
             else None
         )

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,47 +72,77 @@ async def run_background_jobs(
     container: Container,
     stop: asyncio.Event,
     *,
+    contexts: Collection[str] | None = None,
     interval: float = HOUSEKEEPING_INTERVAL_SECONDS,
     expiry_interval: float = RESERVATION_EXPIRY_INTERVAL_SECONDS,
 ) -> None:
-    """Every periodic job and the relay, until `stop` is set (the worker, or `serve` in-process).
+    """The periodic jobs and the relay of `contexts` (None: every context) until `stop` is
+    set: the worker, `serve` in-process, or `serve --service <context>` with its own jobs only,
+    so that four catalog instances do not also run four payment reconciliations.
 
     Safe to run in several processes at once: the jobs claim their rows (SKIP LOCKED where
     the database has it) and every step they take is idempotent.
     """
-    ordering = container.settings.ordering
-    async with open_relay(container) as relay:
+    jobs = [
+        start()
+        for context, start in _scheduled_jobs(container, stop, interval, expiry_interval)
+        if contexts is None or context in contexts
+    ]
+    sources = relayed_sources(container, contexts)
+    if not sources:
+        await asyncio.gather(*jobs)
+        return
+
+    async def purge_published_outbox(container: Container) -> None:
+        await _purge_published(container, sources)
+
+    async with open_relay(container, sources) as relay:
         container.outbox_wakeups.append(relay.notify)
         try:
             await asyncio.gather(
-                _periodically(stop, interval, _identity_housekeeping, container),
-                _periodically(stop, expiry_interval, _release_expired_reservations, container),
-                _periodically(stop, interval, _purge_abandoned_carts, container),
-                _periodically(
-                    stop, PAYMENT_RECONCILE_INTERVAL_SECONDS, _reconcile_payments, container
-                ),
-                _periodically(
-                    stop, ordering.recovery_interval_seconds, _recover_checkouts, container
-                ),
-                _periodically(
-                    stop, CANCELLATION_INTERVAL_SECONDS, _finish_cancellations, container
-                ),
-                _periodically(stop, SHIPMENT_RESUME_INTERVAL_SECONDS, _resume_shipments, container),
-                *_xa_jobs(container, stop),
-                _periodically(stop, interval, _purge_idempotency_keys, container),
-                _periodically(
-                    stop,
-                    AVAILABILITY_SYNC_INTERVAL_SECONDS,
-                    _sync_catalog_availability,
-                    container,
-                    first_after=AVAILABILITY_SYNC_INTERVAL_SECONDS,
-                ),
-                _periodically(stop, interval, _purge_published_outbox, container),
+                *jobs,
+                _periodically(stop, interval, purge_published_outbox, container),
                 _relay_until(stop, relay),
-                _consume_bus_until(stop, container),
             )
         finally:
             container.outbox_wakeups.remove(relay.notify)
+
+
+def _scheduled_jobs(
+    container: Container, stop: asyncio.Event, interval: float, expiry_interval: float
+) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    """(the context whose data the job looks after, how to start it)."""
+    ordering = container.settings.ordering
+
+    def every(
+        seconds: float, job: Callable[[Container], Awaitable[None]], first_after: float = 0.0
+    ) -> Callable[[], Awaitable[None]]:
+        return lambda: _periodically(stop, seconds, job, container, first_after=first_after)
+
+    jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("identity", every(interval, _identity_housekeeping)),
+        ("inventory", every(expiry_interval, _release_expired_reservations)),
+        ("cart", every(interval, _purge_abandoned_carts)),
+        ("payments", every(PAYMENT_RECONCILE_INTERVAL_SECONDS, _reconcile_payments)),
+        ("ordering", every(ordering.recovery_interval_seconds, _recover_checkouts)),
+        ("ordering", every(CANCELLATION_INTERVAL_SECONDS, _finish_cancellations)),
+        ("ordering", every(interval, _purge_idempotency_keys)),
+        ("ordering", lambda: _consume_bus_until(stop, container)),
+        ("shipping", every(SHIPMENT_RESUME_INTERVAL_SECONDS, _resume_shipments)),
+        (
+            "catalog",
+            every(
+                AVAILABILITY_SYNC_INTERVAL_SECONDS,
+                _sync_catalog_availability,
+                first_after=AVAILABILITY_SYNC_INTERVAL_SECONDS,
+            ),
+        ),
+    ]
+    if container.xa is not None:  # XA checkout (`IRONCART_CHECKOUT_TXN=xa`): its recovery
+        jobs.append(
+            ("ordering", every(container.settings.xa.recovery_interval_seconds, _recover_xa))
+        )
+    return jobs
 
 
 async def _consume_bus_until(stop: asyncio.Event, container: Container) -> None:
@@ -164,14 +194,6 @@ async def _recover_checkouts(container: Container) -> None:
         _log.info("tcc_recovered", transactions=recovered)
         if recovered < 100:
             break
-
-
-def _xa_jobs(container: Container, stop: asyncio.Event) -> list[Awaitable[None]]:
-    """XA checkout (`IRONCART_CHECKOUT_TXN=xa`): its recovery, follow-ups included."""
-    if container.xa is None:
-        return []
-    interval = container.settings.xa.recovery_interval_seconds
-    return [_periodically(stop, interval, _recover_xa, container)]
 
 
 async def _recover_xa(container: Container) -> None:
@@ -256,16 +278,30 @@ async def _purge_abandoned_carts(container: Container) -> None:
 
 def outbox_sources(container: Container) -> list[OutboxSource]:
     """The contexts' outboxes, and the extra ones named in the settings (tests, operations)."""
+    return relayed_sources(container, None)
+
+
+def relayed_sources(container: Container, contexts: Collection[str] | None) -> list[OutboxSource]:
+    """The outboxes of `contexts` (`<context>_outbox`; None: every context's) and the extra
+    ones named in the settings, which every relay publishes."""
     extra = [
         OutboxSource(container.engine, outbox_table(MetaData(), prefix))
         for prefix in container.settings.relay.extra_outbox_prefixes
     ]
-    return [*container.outbox_sources, *extra]
+    own = [
+        source
+        for source in container.outbox_sources
+        if contexts is None or source.name.removesuffix("_outbox") in contexts
+    ]
+    return [*own, *extra]
 
 
 @asynccontextmanager
-async def open_relay(container: Container) -> AsyncIterator[OutboxRelay]:
-    """The relay over every outbox: to JetStream when a bus URL is set, else in-process."""
+async def open_relay(
+    container: Container, sources: list[OutboxSource] | None = None
+) -> AsyncIterator[OutboxRelay]:
+    """The relay over `sources` (default: every outbox): to JetStream when a bus URL is set,
+    else in-process."""
     settings = container.settings
     jetstream = (
         JetStreamPublisher(
@@ -278,7 +314,7 @@ async def open_relay(container: Container) -> AsyncIterator[OutboxRelay]:
     )
     publisher: Publisher = jetstream or InProcessPublisher(container.bus)
     relay = OutboxRelay(
-        outbox_sources(container),
+        outbox_sources(container) if sources is None else sources,
         publisher,
         batch_size=settings.relay.batch_size,
         poll_interval=settings.relay.poll_interval_seconds,
@@ -316,9 +352,9 @@ async def _relay_until(stop: asyncio.Event, relay: OutboxRelay) -> None:
     await relaying
 
 
-async def _purge_published_outbox(container: Container) -> None:
+async def _purge_published(container: Container, sources: list[OutboxSource]) -> None:
     before = datetime.now(UTC) - timedelta(days=container.settings.relay.retention_days)
-    for source in outbox_sources(container):
+    for source in sources:
         deleted = await purge_published(source, before=before)
         if deleted:
             _log.info("outbox_published_purged", outbox=source.name, rows=deleted)
