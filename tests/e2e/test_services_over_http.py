@@ -297,7 +297,29 @@ async def test_checkout_ship_cancel_and_refusals_across_seven_services(shop: Sho
         "PUT /internal/v1/inventory/transactions/{xid}/return 204"
     ]
     await _assert_one_trace_and_one_request_id(shop, trace_id, caller_span_id, checkout_id)
+    _assert_each_service_relays_its_own_outbox(shop)
     await _assert_refusals_reach_the_customer_as_in_one_process(shop, staff, buyer)
+
+
+def _assert_each_service_relays_its_own_outbox(shop: Shop) -> None:
+    """Each service runs its own context's background jobs and relay, not everyone's."""
+    relayed = {
+        name: [
+            record["outboxes"]
+            for record in server.log_records()
+            if record.get("event") == "outbox_relay_started"
+        ]
+        for name, server in shop.services.items()
+    }
+    assert relayed == {
+        "identity": [],
+        "catalog": [],
+        "inventory": [["inventory_outbox"]],
+        "cart": [],
+        "ordering": [["ordering_outbox"]],
+        "payments": [["payments_outbox"]],
+        "shipping": [["shipping_outbox"]],
+    }
 
 
 TRACED_SERVICES = {

@@ -4,6 +4,7 @@ reach that context's pool; internal and operations paths must not be reachable).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -157,6 +158,7 @@ def test_limits_and_timeouts_are_rendered(tmp_path: Path) -> None:
         connect_timeout_seconds=0.5,
         read_timeout_seconds=15,
         requests_per_second_per_ip=20,
+        max_in_flight_per_instance=16,
     )
     config = render_config(TWO_CARTS, options)
 
@@ -167,6 +169,22 @@ def test_limits_and_timeouts_are_rendered(tmp_path: Path) -> None:
         "limit_req_zone $binary_remote_addr zone=ironcart_per_ip:10m rate=20r/s;"
     ]
     assert _directives(config, "limit_req_status") == ["limit_req_status 429;"]
+    assert _directives(config, "limit_conn_zone") == [
+        "limit_conn_zone $ironcart_pool zone=ironcart_in_flight:1m;"
+    ]
+    assert _directives(config, "limit_conn_status") == ["limit_conn_status 503;"]
+    # Per pool, scaled by its instances: two carts share 32, the `all` pool has 16.
+    assert set(_directives(config, "limit_conn")) == {
+        "limit_conn ironcart_in_flight 32;",
+        "limit_conn ironcart_in_flight 16;",
+    }
+    assert _directives(config, "set").count("set $ironcart_pool cart;") == 2  # "= P" and "P/"
+
+
+def test_no_in_flight_limit_unless_asked(tmp_path: Path) -> None:
+    config = render_config(TWO_CARTS, _options(tmp_path))
+
+    assert _directives(config, "limit_conn_zone") == _directives(config, "limit_conn") == []
 
 
 def test_everything_nginx_writes_is_under_its_prefix(tmp_path: Path) -> None:
@@ -197,7 +215,8 @@ def test_everything_nginx_writes_is_under_its_prefix(tmp_path: Path) -> None:
 def test_generated_config_passes_nginx_t(
     nginx: str, tmp_path: Path, pools: Mapping[str, tuple[str, ...]]
 ) -> None:
-    config = write_config(pools, _options(tmp_path, requests_per_second_per_ip=100))
+    options = _options(tmp_path, requests_per_second_per_ip=100, max_in_flight_per_instance=8)
+    config = write_config(pools, options)
 
     checked = check_config(nginx, config, tmp_path / "nginx")
 
@@ -387,3 +406,57 @@ async def test_no_live_instance_is_a_problem_502_with_retry_after(
     assert response.headers["retry-after"] == "1"
     assert response.json()["type"] == "urn:ironcart:problem:bad_gateway"
     assert response.json()["request_id"] == "rid-502"
+
+
+@pytest.mark.anyio
+async def test_a_pool_over_its_in_flight_limit_gets_503_at_once_and_other_pools_do_not(
+    nginx: str, tmp_path: Path
+) -> None:
+    """One cart instance that holds every request until released, limit 3: of 5 concurrent
+    requests 3 reach it and 2 get nginx's 503 at once; catalog (its own pool) still answers."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.append("request")
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    holding = await asyncio.start_server(hold, "127.0.0.1", 0)
+    cart_port = holding.sockets[0].getsockname()[1]
+    try:
+        async with echo_upstreams(["catalog"]) as ports:
+            port = free_port()
+            options = _options(tmp_path, listen=f"127.0.0.1:{port}", max_in_flight_per_instance=3)
+            pools = {
+                "cart": (f"127.0.0.1:{cart_port}",),
+                "catalog": (f"127.0.0.1:{ports['catalog']}",),
+            }
+            config = write_config(pools, options)
+            async with (
+                running_nginx(nginx, config, options, port) as server,
+                httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,
+            ):
+                held = [asyncio.create_task(client.get(f"/api/v1/carts/c{n}")) for n in range(3)]
+                while len(arrived) < 3:
+                    await asyncio.sleep(0.01)
+                refused = [await client.get("/api/v1/carts/c9") for _ in range(2)]
+                other_pool = await client.get("/api/v1/products")
+                release.set()
+                answered = await asyncio.gather(*held)
+    finally:
+        holding.close()
+        await holding.wait_closed()
+
+    assert [response.status_code for response in refused] == [503, 503]
+    assert {response.headers["content-type"] for response in refused} == {
+        "application/problem+json"
+    }
+    assert {response.headers["retry-after"] for response in refused} == {"1"}
+    assert refused[0].json()["type"] == "urn:ironcart:problem:unavailable"
+    assert other_pool.status_code == 200
+    assert [response.status_code for response in answered] == [200, 200, 200]
+    assert len(arrived) == 3  # the refused ones never reached the instance

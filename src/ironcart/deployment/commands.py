@@ -61,6 +61,13 @@ def deploy() -> None:
     default=None,
     help="Requests per second per client IP at the edge [default: none, the app limits].",
 )
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests sent to each instance at once; the excess gets 503 at the edge "
+    "[default: no limit, the apps shed load].",
+)
 def nginx(
     instance_specs: tuple[str, ...],
     listen: str,
@@ -71,6 +78,7 @@ def nginx(
     max_fails: int,
     fail_timeout: float,
     rate_limit: int | None,
+    max_in_flight: int | None,
 ) -> None:
     """Write an nginx config routing each context's paths to its pool of instances."""
     options = NginxOptions(
@@ -81,6 +89,7 @@ def nginx(
         max_fails=max_fails,
         fail_timeout_seconds=fail_timeout,
         requests_per_second_per_ip=rate_limit,
+        max_in_flight_per_instance=max_in_flight,
     )
     try:
         config = render_config(parse_instances(instance_specs), options)

@@ -95,7 +95,13 @@ PROBLEMS: tuple[Problem, ...] = (
         "The service instance failed while answering; retry with the same Idempotency-Key.",
         1,
     ),
-    Problem(503, "unavailable", "Service Unavailable", "No service instance is available.", 1),
+    Problem(
+        503,
+        "unavailable",
+        "Service Unavailable",
+        "The service is at capacity or has no instance available; retry later.",
+        1,
+    ),
     Problem(504, "gateway_timeout", "Gateway Timeout", "The service instance did not answer.", 1),
 )
 
@@ -125,6 +131,9 @@ class NginxOptions:
     client_header_timeout_seconds: float = 10.0
     requests_per_second_per_ip: int | None = None  # None: rate limits are the app's alone
     rate_limit_burst: int = 50
+    # Requests each instance of a pool is sent at once; the pool's excess gets nginx's 503
+    # (Retry-After) at once. None: the apps' own load shedding alone.
+    max_in_flight_per_instance: int | None = None
 
 
 def parse_instances(specs: Iterable[str]) -> dict[str, tuple[str, ...]]:
@@ -220,10 +229,10 @@ def _template_values(
         "read_timeout": _duration(options.read_timeout_seconds),
         "next_upstream_tries": str(options.next_upstream_tries),
         "next_upstream_timeout": _duration(options.next_upstream_timeout_seconds),
-        "rate_limit_zone": _rate_limit_zone(options),
-        "rate_limit": _rate_limit(options),
+        "rate_limit_zone": _rate_limit_zone(options) + _in_flight_zone(options),
+        "rate_limit": _rate_limit(options) + _in_flight_status(options),
         "upstreams": _upstreams(pools, options),
-        "locations": _locations(routed),
+        "locations": _locations(routed, _in_flight_limits(pools, options)),
         "problem_locations": _problem_locations(),
     }
 
@@ -247,7 +256,8 @@ def _upstreams(pools: Mapping[str, Sequence[str]], options: NginxOptions) -> str
     return "".join(blocks)
 
 
-def _locations(routed: Mapping[str, str]) -> str:
+def _locations(routed: Mapping[str, str], in_flight: Mapping[str, int]) -> str:
+    """Each routed context's locations; `in_flight`: the pools' in-flight limits, if any."""
     lines: list[str] = []
     for context, routes in CONTEXT_ROUTES.items():
         pool = routed.get(context)
@@ -255,28 +265,40 @@ def _locations(routed: Mapping[str, str]) -> str:
             lines.append(f"\n        # {context}: no instances and no `all` pool, not routed.\n")
             continue
         lines.append(f"\n        # {context} -> upstream {UPSTREAM_PREFIX}{pool}\n")
+        limit = in_flight.get(pool)
         for path in routes.collections:
-            lines.append(_location(f"= {path}", pool))
-            lines.append(_location(f"{path}/", pool))
-        lines.extend(_location(f"= {path}", pool) for path in routes.exact)
-        lines.extend(_location(f'~ "{pattern}"', pool) for pattern in routes.patterns)
-    lines.append(_fallback_location(ALL_POOL if ALL_POOL in routed.values() else None))
+            lines.append(_location(f"= {path}", pool, limit))
+            lines.append(_location(f"{path}/", pool, limit))
+        lines.extend(_location(f"= {path}", pool, limit) for path in routes.exact)
+        lines.extend(_location(f'~ "{pattern}"', pool, limit) for pattern in routes.patterns)
+    fallback = ALL_POOL if ALL_POOL in routed.values() else None
+    lines.append(_fallback_location(fallback, in_flight.get(ALL_POOL)))
     return "".join(lines)
 
 
-def _location(match: str, pool: str) -> str:
+def _location(match: str, pool: str, in_flight_limit: int | None = None) -> str:
+    # `set` runs in the rewrite phase, before limit_conn counts the request against its pool.
+    limit = (
+        f"            set $ironcart_pool {pool};\n"
+        f"            limit_conn ironcart_in_flight {in_flight_limit};\n"
+        if in_flight_limit is not None
+        else ""
+    )
     return (
         f"        location {match} {{\n"
+        f"{limit}"
         f"            proxy_pass http://{UPSTREAM_PREFIX}{pool};\n"
         "        }\n"
     )
 
 
-def _fallback_location(pool: str | None) -> str:
+def _fallback_location(pool: str | None, in_flight_limit: int | None) -> str:
     # With an `all` pool, paths no context claims (/docs, /openapi.json) go to it; else 404.
     if pool is None:
         return "\n        location / {\n            return 404;\n        }\n"
-    return "\n        # anything else (/docs, /openapi.json)\n" + _location("/", pool)
+    return "\n        # anything else (/docs, /openapi.json)\n" + _location(
+        "/", pool, in_flight_limit
+    )
 
 
 def _problem_locations() -> str:
@@ -322,6 +344,30 @@ def _rate_limit(options: NginxOptions) -> str:
         f"        limit_req zone=ironcart_per_ip burst={options.rate_limit_burst} nodelay;\n"
         "        limit_req_status 429;\n"
     )
+
+
+def _in_flight_limits(pools: Mapping[str, Sequence[str]], options: NginxOptions) -> dict[str, int]:
+    """Pool -> requests its instances are sent at once (none without the option)."""
+    per_instance = options.max_in_flight_per_instance
+    if per_instance is None:
+        return {}
+    if per_instance < 1:
+        raise InvalidNginxSpec(f"max in flight per instance must be positive, not {per_instance}")
+    return {name: per_instance * len(instances) for name, instances in pools.items()}
+
+
+def _in_flight_zone(options: NginxOptions) -> str:
+    if options.max_in_flight_per_instance is None:
+        return ""
+    # Keyed by pool: a saturated catalog pool never refuses a checkout. Requests of locations
+    # that set no pool (the edge's own /healthz, problems) have an empty key: never counted.
+    return "\n    limit_conn_zone $ironcart_pool zone=ironcart_in_flight:1m;\n"
+
+
+def _in_flight_status(options: NginxOptions) -> str:
+    if options.max_in_flight_per_instance is None:
+        return ""
+    return "        limit_conn_status 503;\n"
 
 
 def _duration(seconds: float) -> str:
