@@ -45,6 +45,7 @@ from ironcart.platform.http.ops import ReadinessCheck
 from ironcart.platform.ratelimit import RateLimiter
 from ironcart.platform.relay import OutboxSource
 from ironcart.platform.resilience import policy_for
+from ironcart.platform.resilience.guarded_redis import guarded_redis
 from ironcart.platform.security.crypto import SecretBox
 from ironcart.platform.security.passwords import PasswordHasher
 from ironcart.platform.security.tokens import AccessTokenVerifier
@@ -56,6 +57,11 @@ from ironcart.shipping.repository import ShippingUnitOfWork, shipping_outbox
 from ironcart.shipping.sandbox_carrier import HttpSandboxCarrier, SandboxTrackingVerifier
 from ironcart.shipping.service import ShippingService
 from ironcart.wiring import Wiring
+
+# A command that has not answered in 1 s counts as failed for the "redis" breaker (a cache
+# hit or a counter takes well under a millisecond): a frozen Redis costs a few requests one
+# second each, then none while the breaker is open.
+REDIS_TIMING = {"attempt_timeout_seconds": 1.0}
 
 
 @dataclass
@@ -113,7 +119,9 @@ def bootstrap(settings: Settings) -> Container:
     )
     inventory_sessions = session_factory(inventory_engine) if inventory_engine else sessions
     redis = (
-        Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
+        guarded_redis(
+            settings.redis_url, policy_for("redis", settings.resilience, base=REDIS_TIMING)
+        )
         if settings.redis_url
         else None
     )

@@ -32,6 +32,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from ironcart.platform.resilience.guarded_redis import guarded
+
 _log = structlog.get_logger("ironcart.cache")
 CHANNEL = "ironcart:cache:invalidate"
 PING_INTERVAL = 0.25
@@ -226,7 +228,7 @@ class ResponseCache:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for tag in tags:
                     pipe.incr(self._tag_key(tag))
-                generations = await pipe.execute()
+                generations = await guarded(self._redis, pipe.execute)
             now = time.monotonic()
             for tag, generation in zip(tags, generations, strict=True):
                 self._generations[tag] = (int(generation), now + self._generation_ttl)

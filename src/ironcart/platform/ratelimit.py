@@ -1,7 +1,9 @@
 """Rate limits with the `limits` library: in-process by default, shared through Redis.
 
 If Redis cannot be reached, limits fall back to this process's own counters (logged),
-so throttling weakens to per-process instead of failing open or taking logins down.
+so throttling weakens to per-process instead of failing open or taking logins down. Calls
+to a shared Redis go through its circuit breaker (`platform.resilience.guarded_redis`): a
+frozen Redis costs a few timed-out calls, then none until it answers again.
 
 `hit`/`check` use a moving window (exact, for logins). `consume` (admission control on every
 API request) uses a fixed window aligned to the clock: one counter increment, one round trip,
@@ -13,7 +15,9 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from limits import RateLimitItem, parse
@@ -23,6 +27,9 @@ from limits.errors import StorageError
 from redis.asyncio import Redis
 
 from ironcart.platform.errors import RateLimited
+from ironcart.platform.resilience.guarded_redis import RedisUnavailable, guarded
+
+T = TypeVar("T")
 
 _log = structlog.get_logger("ironcart.ratelimit")
 
@@ -56,7 +63,8 @@ class Usage:
 
 
 class RateLimiter:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, client: Redis | None = None) -> None:
+        self._client = client  # the Redis behind `storage`, whose breaker guards its calls
         self._storage = storage
         self._fallback_storage = MemoryStorage()
         self._strategy = MovingWindowRateLimiter(storage)
@@ -76,12 +84,12 @@ class RateLimiter:
             # `limits` types its options as scalars, but redis-py's Redis takes a pool.
             connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
-        return cls(storage)
+        return cls(storage, client)
 
     async def hit(self, limit: Limit, key: str, *, detail: str | None = None) -> None:
         """Count one event; raise `RateLimited` (with Retry-After) if the limit is exceeded."""
         try:
-            allowed = await self._strategy.hit(limit.item, limit.name, key)
+            allowed = await self._shared(lambda: self._strategy.hit(limit.item, limit.name, key))
             strategy = self._strategy
         except StorageError:
             _log.warning("rate_limit_storage_unavailable", limit=limit.name)
@@ -93,7 +101,7 @@ class RateLimiter:
     async def check(self, limit: Limit, key: str, *, detail: str | None = None) -> None:
         """Raise `RateLimited` if one more event would exceed the limit, without counting it."""
         try:
-            allowed = await self._strategy.test(limit.item, limit.name, key)
+            allowed = await self._shared(lambda: self._strategy.test(limit.item, limit.name, key))
             strategy = self._strategy
         except StorageError:
             _log.warning("rate_limit_storage_unavailable", limit=limit.name)
@@ -110,12 +118,22 @@ class RateLimiter:
         window = int(now // period)
         counter = item.key_for(limit.name, key, str(window))
         try:
-            count = await self._storage.incr(counter, period)
+            count = await self._shared(lambda: self._storage.incr(counter, period))
         except StorageError:
             _log.warning("rate_limit_storage_unavailable", limit=limit.name)
             count = await self._fallback_storage.incr(counter, period)
         reset = max(1, math.ceil((window + 1) * period - now))
         return Usage(item.amount, max(0, item.amount - count), reset, count <= item.amount)
+
+    async def _shared(self, run: Callable[[], Awaitable[T]]) -> T:
+        """A call on the shared storage, under Redis's breaker: `StorageError` when it fails
+        or the breaker refuses it."""
+        if self._client is None:
+            return await run()
+        try:
+            return await guarded(self._client, run)
+        except RedisUnavailable as error:
+            raise StorageError(error) from error
 
 
 async def _retry_after(strategy: MovingWindowRateLimiter, limit: Limit, key: str) -> int:
