@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-http lint unit integration e2e chaos lock clean bench
+.PHONY: install run test test-http test-processes lint unit integration e2e chaos lock clean bench
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ integration: install
 ## (tests/support/http_wiring.py): the app under test reaches the others through their ports.
 test-http: install
 	IRONCART_TEST_WIRING=http $(BIN)/python -m pytest tests/integration -n $(TEST_WORKERS) --dist worksteal
+
+## The integration suite again with every context as its own OS process (forked children of
+## tests/support/fork_server.py) over loopback HTTP; the app under test calls them.
+test-processes: install
+	IRONCART_TEST_WIRING=processes $(BIN)/python -m pytest tests/integration -n $(TEST_WORKERS) --dist worksteal
 
 e2e: install
 	$(BIN)/python -m pytest tests/e2e

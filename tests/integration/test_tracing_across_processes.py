@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support.app import running_app, settings_for
-from tests.support.http_wiring import OVER_HTTP
+from tests.support.http_wiring import IN_PROCESSES, OVER_HTTP
 from tests.support.shop import customer, key, order_payload, staffer, stocked_product
 from tests.support.tracing import (
     Span,
@@ -66,9 +66,17 @@ class Checkout:
 async def checkout(postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Checkout:
     done = Checkout(secrets.token_hex(16), secrets.token_hex(8), f"checkout-{uuid.uuid4().hex}")
     exporter = InMemorySpanExporter()
+    services_spans = tmp_path / "services-spans.jsonl"
     async with running_traced_psp(tmp_path, tmp_path / "psp-spans.jsonl") as psp:
         payments = {"psp_url": psp.url, "psp_api_key": psp.api_key, "webhook_secret": psp.secret}
-        settings = settings_for(postgres_url, payments=payments, tracing={"enabled": True})
+        # With IRONCART_TEST_WIRING=processes the contexts' processes append their spans here.
+        tracing = {
+            "enabled": True,
+            "exporter": "jsonl",
+            "jsonl_path": str(services_spans),
+            "export_interval_seconds": 0.1,
+        }
+        settings = settings_for(postgres_url, payments=payments, tracing=tracing)
         async with running_app(settings, shipping_zones=True) as (app, client):
             # With IRONCART_TEST_WIRING=http each context is an app of its own: its spans too.
             for traced in (app, *app.state.contexts.values()):
@@ -91,6 +99,10 @@ async def checkout(postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureF
             assert response.headers["x-request-id"] == done.request_id
             done.shop_spans = spans_of(exporter)
             done.shop_logs = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    if IN_PROCESSES:  # the services have stopped: their last spans are exported
+        # The file holds this process's spans too (the same settings): one of each span.
+        everyone = done.shop_spans + load_spans(services_spans)
+        done.shop_spans = list({span["span_id"]: span for span in everyone}.values())
     # The PSP has stopped: its last spans are exported and its log is complete.
     done.psp_spans = load_spans(tmp_path / "psp-spans.jsonl")
     done.psp_logs = psp.server.log_records()

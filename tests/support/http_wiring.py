@@ -1,4 +1,4 @@
-"""The integration suite's second wiring: every context as its own app, over loopback HTTP.
+"""The integration suite's other wirings: every context as its own app over loopback HTTP.
 
 With `IRONCART_TEST_WIRING=http`, `running_app` (tests/support/app.py) first starts one
 `create_app(..., service=<context>)` per context, each with its own container (engines,
@@ -8,15 +8,30 @@ cross-context port is the HTTP client of those apps (`IRONCART_SERVICES__<CONTEX
 in production). Each app authenticates with one service client created on that database
 beforehand (what `ironcart client create --scope service:<context> ...` does). Only the
 "all" app runs the background jobs (relay, recovery, expiry), as one worker would.
+
+With `IRONCART_TEST_WIRING=processes` each context's app runs in a process of its own
+instead: a child forked from tests/support/fork_server.py (IronCart imported once; the
+child builds its app from the same settings and serves it with uvicorn as `ironcart serve`
+does), stopped by its pid when the test ends. Only the app under test stays in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,11 +44,17 @@ from tests.support.services import CONTEXTS, serving
 WIRINGS = {
     "in-process": "in-process (every context in the app under test)",
     "http": "http (every context its own app over loopback HTTP; the app under test calls them)",
+    "processes": "processes (every context its own OS process over loopback HTTP; the app "
+    "under test calls them)",
 }
 WIRING = os.environ.get("IRONCART_TEST_WIRING", "in-process")
 if WIRING not in WIRINGS:
     raise RuntimeError(f"IRONCART_TEST_WIRING={WIRING!r}: choose one of {sorted(WIRINGS)}")
-OVER_HTTP = WIRING == "http"
+OVER_HTTP = WIRING in {"http", "processes"}
+IN_PROCESSES = WIRING == "processes"
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 10.0
 # Each context's own pool (and as many again in overflow): eight pools on the test's
 # database, two xdist workers and other suites on one PostgreSQL (max_connections=100).
 CONTEXT_POOL_SIZE = 4
@@ -56,6 +77,10 @@ async def contexts_over_http(
     # XA checkout sells stock in a branch on inventory's database: the settings refuse an
     # inventory URL there (as in production), so inventory stays in-process for XA.
     names = [name for name in CONTEXTS if name != "inventory" or settings.checkout_txn != "xa"]
+    if IN_PROCESSES:
+        async with _contexts_in_processes(settings, names) as wired:
+            yield wired, {}
+        return
     sockets = {name: _bound_socket() for name in names}
     urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in sockets.items()}
     credentials = await _service_client(settings)
@@ -154,3 +179,114 @@ async def _serve_all(
     for outcome in started:
         if isinstance(outcome, BaseException):
             raise outcome
+
+
+@asynccontextmanager
+async def _contexts_in_processes(settings: Settings, names: list[str]) -> AsyncIterator[Settings]:
+    """Each context forked into its own process; yields the settings of the app under test."""
+    ports = {name: _free_port() for name in names}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    credentials = await _service_client(settings)
+    logs = Path(tempfile.mkdtemp(prefix="ironcart-services-"))
+    pids: dict[str, int] = {}
+    try:
+        for name in names:
+            own = _wired(settings, urls, credentials, without=name, background_jobs=False)
+            pids[name] = _fork_server().fork(name, ports[name], own, logs / f"{name}.log")
+        await asyncio.gather(*(_healthy(name, ports[name], pids[name], logs) for name in names))
+        yield _wired(settings, urls, credentials)
+    finally:
+        await asyncio.gather(*(_stop(pid) for pid in pids.values()))
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _healthy(name: str, port: int, pid: int, logs: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        with contextlib.suppress(OSError):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        if not _alive(pid) or time.monotonic() > deadline:
+            path = logs / f"{name}.log"
+            log = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+            raise RuntimeError(f"service {name} (pid {pid}) did not start:\n{log}")
+        await asyncio.sleep(0.02)
+
+
+async def _stop(pid: int) -> None:
+    """SIGTERM (uvicorn drains), SIGKILL if it lingers; the fork server reaps it."""
+    for signum, seconds in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, STOP_SECONDS)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + seconds
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if not _alive(pid):
+            return
+
+
+class _ForkServer:
+    """tests/support/fork_server.py, started on first use; ends with this process."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fork_server"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        atexit.register(self.close)
+
+    def fork(self, service: str, port: int, settings: Settings, log: Path) -> int:
+        """A child serving `service` on `port`; its pid (answered once it is forked)."""
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        request = {
+            "service": service,
+            "port": port,
+            "settings": settings.model_dump(mode="json"),
+            "log": str(log),
+        }
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fork server exited ({self._process.poll()})")
+        pid: int = json.loads(answer)["pid"]
+        return pid
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
+
+
+_server: _ForkServer | None = None
+
+
+def _fork_server() -> _ForkServer:
+    global _server  # one per test process, started on first use
+    if _server is None or _server._process.poll() is not None:
+        _server = _ForkServer()
+    return _server
