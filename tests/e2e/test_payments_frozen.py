@@ -1,9 +1,14 @@
-"""Payments frozen: the PSP accepts connections and never answers, while 50 clients shop.
+"""Payments frozen: it accepts connections and never answers, while 50 clients shop.
 
-A real `ironcart serve` on PostgreSQL reaches the real sandbox PSP through a TCP proxy
-(tests/support/tcp_proxy.py). 40 clients browse (a product page, the listing) and 10 also
-check out, first for a few seconds with the PSP healthy (the reference), then while the
-proxy stalls for FREEZE seconds (8 under `make test`, 30 under `make chaos`). Then:
+Two stages, each behind a TCP proxy (tests/support/tcp_proxy.py) that the test stalls:
+`psp`, a real `ironcart serve` on PostgreSQL whose payments context calls the real sandbox
+PSP through the proxy; and `payments-service`, the payments context as a service of its own
+(`ironcart serve --service payments`, calling the PSP directly), which the shop (`serve`,
+every other context) calls through the proxy with client-credentials tokens. 40 clients
+browse (a product page, the listing) and 10 also check out, first for a few seconds with
+payments healthy (the reference), then while the proxy stalls for FREEZE seconds (8 under
+`make test`, 30 under `make chaos`). Then, for the shop's breaker of what is frozen (`psp`
+or `payments`):
 
 - browsing keeps answering, as fast as with the PSP healthy: p99 < 100 ms asserted with
   IRONCART_CHAOS_STRICT=1 (`make chaos`, a quiet machine); otherwise (`make test`: three
@@ -12,14 +17,14 @@ proxy stalls for FREEZE seconds (8 under `make test`, 30 under `make chaos`). Th
   (strict); otherwise within the PSP's worst case before its breaker opens (the authorize
   call's 1.5 s deadline + a 1 s attempt of the cancel's read) + 1.5 x the slowest healthy
   checkout under the same load (the database work, slow on shared cores);
-- the "psp" breaker opens, and while it is open no call reaches the PSP (GET /ops/breakers:
+- the breaker opens, and while it is open no call passes (GET /ops/breakers:
   `attempts_made` does not move); after `restore()` it closes by itself within one window
   and a checkout succeeds again;
 - nothing is lost or half-made: the requests the proxy held are delivered late (a real
   partition does that too: the orphan authorizations are voided on their webhooks), and
   once recovery has run every order is paid with one capture, or cancelled with nothing
   captured and every authorization voided; no stock stays reserved; no global transaction
-  is left open; no call to the PSP is in flight or waiting for a slot.
+  is left open; no call to what was frozen is in flight or waiting for a slot.
 """
 
 from __future__ import annotations
@@ -84,6 +89,13 @@ ADDRESS = {
     "postal_code": "MK3 6EB",
     "country": "GB",
 }
+# The shop's policy for calls to the payments service: a call carries the service's own PSP
+# call (at most the PSP's 1.5 s deadline), and a checkout must fail within 2 s when the
+# service is frozen: one attempt, no time for a second.
+PAYMENTS_SERVICE_POLICY = {
+    "IRONCART_RESILIENCE__DEPENDENCIES__PAYMENTS__ATTEMPT_TIMEOUT_SECONDS": "1.6",
+    "IRONCART_RESILIENCE__DEPENDENCIES__PAYMENTS__DEADLINE_SECONDS": "1.7",
+}
 SETTINGS = {
     # In doubt after 2 s, recovery every 0.5 s: the test need not wait a minute.
     "IRONCART_ORDERING__TXN_IN_DOUBT_SECONDS": "2",
@@ -100,6 +112,7 @@ class Stage:
     psp: PspProcess
     proxy: TcpProxy
     database_url: str
+    frozen: str  # the dependency behind the proxy, as the shop's breakers name it
 
 
 @dataclass
@@ -128,19 +141,22 @@ def quiet_httpx() -> Iterator[None]:
     logger.setLevel(level)
 
 
-@pytest.fixture
-async def stage(postgres_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
+@pytest.fixture(params=["psp", "payments-service"])
+async def stage(
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path
+) -> AsyncIterator[Stage]:
+    """The shop and the sandbox PSP, with the proxy in front of what the test freezes: the
+    PSP itself (`psp`: the shop's payments context calls it through the proxy), or the
+    payments context run as a service of its own (`payments-service`: the shop, every other
+    context, calls it through the proxy; it calls the PSP directly)."""
     port = free_port()
     webhook = f"http://127.0.0.1:{port}/api/v1/payments/webhooks/sandbox"
-    async with (
-        running_psp(tmp_path, webhook_url=webhook) as psp,
-        TcpProxy("127.0.0.1", psp.server.port) as proxy,
-    ):
+    async with running_psp(tmp_path, webhook_url=webhook) as psp:
         env = server_environment(
             postgres_url,
             {
                 **SETTINGS,
-                "IRONCART_PAYMENTS__PSP_URL": f"http://127.0.0.1:{proxy.port}",
+                "IRONCART_PAYMENTS__PSP_URL": psp.url,
                 "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
                 "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
             },
@@ -148,8 +164,38 @@ async def stage(postgres_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
         for args in (("migrate",), ("seed", "--products", "3")):
             result = await run_cli(*args, env=env, timeout=120)
             assert result.returncode == 0, output_of(result)
-        async with running_server(postgres_url, tmp_path, env=env, port=port) as server:
-            yield Stage(server, psp, proxy, postgres_url)
+        if request.param == "psp":
+            async with TcpProxy("127.0.0.1", psp.server.port) as proxy:
+                env["IRONCART_PAYMENTS__PSP_URL"] = f"http://127.0.0.1:{proxy.port}"
+                async with running_server(postgres_url, tmp_path, env=env, port=port) as server:
+                    yield Stage(server, psp, proxy, postgres_url, "psp")
+            return
+        env.update(await _service_client(env))
+        async with (
+            running_server(
+                postgres_url, tmp_path, env=env, serve_args=("--service", "payments"), migrate=False
+            ) as payments,
+            TcpProxy("127.0.0.1", payments.port) as proxy,
+        ):
+            env.update(PAYMENTS_SERVICE_POLICY)
+            env["IRONCART_SERVICES__PAYMENTS__URL"] = f"http://127.0.0.1:{proxy.port}"
+            async with running_server(
+                postgres_url, tmp_path, env=env, port=port, migrate=False
+            ) as server:
+                yield Stage(server, psp, proxy, postgres_url, "payments")
+
+
+async def _service_client(env: dict[str, str]) -> dict[str, str]:
+    """A client-credentials client allowed the payments service's internal API."""
+    result = await run_cli(
+        "client", "create", "--name", "shop", "--scope", "service:payments", env=env
+    )
+    assert result.returncode == 0, output_of(result)
+    values = dict(line.split("=", 1) for line in result.stdout.decode().splitlines() if "=" in line)
+    return {
+        "IRONCART_SERVICE_CLIENT_ID": values["client_id"],
+        "IRONCART_SERVICE_CLIENT_SECRET": values["client_secret"],
+    }
 
 
 async def _token(client: httpx.AsyncClient, email: str) -> dict[str, str]:
@@ -189,11 +235,12 @@ async def _checkout(client: httpx.AsyncClient, shop: Shop) -> tuple[httpx.Respon
     return response, time.monotonic() - started
 
 
-async def _psp_breaker(client: httpx.AsyncClient) -> dict[str, Any]:
+async def _breaker(client: httpx.AsyncClient, dependency: str) -> dict[str, Any]:
+    """The shop's breaker of `dependency` (`psp`, or `payments`: the service), from /ops."""
     response = await client.get("/ops/breakers")
     assert response.status_code == 200, response.text
-    psp: dict[str, Any] = response.json()["dependencies"]["psp"]
-    return psp
+    breaker: dict[str, Any] = response.json()["dependencies"][dependency]
+    return breaker
 
 
 async def _browse(client: httpx.AsyncClient, shop: Shop, record: Record) -> None:
@@ -229,20 +276,22 @@ async def _shopper(
         await anyio.sleep(THINK_SECONDS)  # a shopper reads the page
 
 
-async def _watch(client: httpx.AsyncClient, record: Record, until: float) -> None:
+async def _watch(client: httpx.AsyncClient, record: Record, until: float, dependency: str) -> None:
     while time.monotonic() < until:
-        record.breakers.append(await _psp_breaker(client))
+        record.breakers.append(await _breaker(client, dependency))
         await anyio.sleep(0.1)
 
 
-async def _shopping(client: httpx.AsyncClient, shop: Shop, seconds: float) -> Record:
+async def _shopping(
+    client: httpx.AsyncClient, shop: Shop, seconds: float, dependency: str
+) -> Record:
     """50 clients (BUYERS of them also checking out) and a breaker watcher, for `seconds`."""
     record = Record()
     until = time.monotonic() + seconds
     async with anyio.create_task_group() as group:
         for number in range(BROWSERS + BUYERS):
             group.start_soon(partial(_shopper, client, shop, record, until, buys=number < BUYERS))
-        group.start_soon(_watch, client, record, until)
+        group.start_soon(_watch, client, record, until, dependency)
     return record
 
 
@@ -372,12 +421,14 @@ def _check_frozen(frozen: Record, healthy: Record) -> None:
     for response, elapsed in frozen.checkouts:
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        assert "retry-after" in response.headers
+        assert "retry-after" in response.headers, response.text
         assert elapsed < checkout_bound, f"a checkout took {elapsed:.2f} s"
     _assert_nothing_passed_while_open(frozen.breakers)
 
 
-async def test_a_frozen_psp_costs_browsing_nothing_and_loses_no_order(stage: Stage) -> None:
+async def test_a_frozen_payments_dependency_costs_browsing_nothing_and_loses_no_order(
+    stage: Stage,
+) -> None:
     # One keep-alive connection per client, as 50 separate shoppers would have.
     limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
     async with httpx.AsyncClient(
@@ -385,12 +436,12 @@ async def test_a_frozen_psp_costs_browsing_nothing_and_loses_no_order(stage: Sta
     ) as client:
         shop = await _shop(client)
         on_hand_before, _, _, _ = await _stock(stage.database_url, shop.sku)
-        healthy = await _shopping(client, shop, HEALTHY_SECONDS)
+        healthy = await _shopping(client, shop, HEALTHY_SECONDS, stage.frozen)
         assert healthy.browse_failures == []
         assert {response.status_code for response, _ in healthy.checkouts} == {201}
 
         stage.proxy.stall()
-        frozen = await _shopping(client, shop, FREEZE_SECONDS)
+        frozen = await _shopping(client, shop, FREEZE_SECONDS, stage.frozen)
         _report(healthy, frozen)
         _check_frozen(frozen, healthy)
 
@@ -400,11 +451,12 @@ async def test_a_frozen_psp_costs_browsing_nothing_and_loses_no_order(stage: Sta
 
         async def closed() -> bool:
             await _checkout(client, shop)  # customers keep coming: some are the probes
-            state: str = (await _psp_breaker(client))["state"]
+            state: str = (await _breaker(client, stage.frozen))["state"]
             return state == "closed"
 
-        took = await _until(closed, timeout=(await _psp_breaker(client))["window_seconds"])
-        print(f"closed {took:.1f} s after the PSP came back")  # noqa: T201
+        window = (await _breaker(client, stage.frozen))["window_seconds"]
+        took = await _until(closed, timeout=window)
+        print(f"closed {took:.1f} s after {stage.frozen} came back")  # noqa: T201
         again, _ = await _checkout(client, shop)
         assert again.status_code == 201, again.text
 
@@ -415,7 +467,7 @@ async def test_a_frozen_psp_costs_browsing_nothing_and_loses_no_order(stage: Sta
 
         await _until(settled, timeout=60 + FREEZE_SECONDS * 2)
         orders = await _orders(client, shop)
-        breaker = await _psp_breaker(client)
+        breaker = await _breaker(client, stage.frozen)
 
     # Nothing lost or half-made: the paid orders took their stock, the others none.
     paid = {order["id"] for order in orders if order["status"] == "paid"}

@@ -180,9 +180,11 @@ class Policy:
         return True
 
     def _exhausted(self, attempts: int, last: BaseException) -> DependencyUnavailable:
+        # Retry-After: until the breaker probes again if these failures opened it, else 1 s.
         return DependencyUnavailable(
             f"{self.dependency}: no usable answer after {attempts} attempt(s) ({last!r}).",
             dependency=self.dependency,
+            retry_after_seconds=self._breaker.retry_after_seconds(),
         )
 
     async def _attempt(self, attempt: Callable[[float], Awaitable[T]]) -> T:
@@ -192,6 +194,7 @@ class Policy:
             raise DeadlineExceeded(
                 f"{self.dependency}: {max(left, 0.0):.3f} s left, too little for a call.",
                 dependency=self.dependency,
+                retry_after_seconds=1,
             )
         ticket = self._breaker.acquire()
         if ticket is None:
