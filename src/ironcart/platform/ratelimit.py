@@ -62,10 +62,40 @@ class Usage:
     allowed: bool
 
 
+class LocalWindows:
+    """Fixed-window counters of this process for `RateLimiter.consume`: key -> (window, count).
+
+    `limits`' in-memory storage schedules an expiry task on every increment, which on the
+    cached read path (one count per request) cost more than the count; the moving windows of
+    `hit`/`check` (logins) stay on it. Past MAX_KEYS keys, the counts of earlier windows are
+    dropped, so memory and the time per count stay bounded under many client addresses.
+    """
+
+    MAX_KEYS = 100_000
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def incr(self, key: str, window: int) -> int:
+        current = self._counts.get(key)
+        count = current[1] + 1 if current is not None and current[0] == window else 1
+        self._counts[key] = (window, count)
+        if len(self._counts) > self.MAX_KEYS:
+            # Keep this window's counts unless they alone fill half the room: then start over
+            # (a flood of addresses weakens the limit for one window, never memory or time).
+            kept = {k: v for k, v in self._counts.items() if v[0] >= window}
+            self._counts = kept if len(kept) <= self.MAX_KEYS // 2 else {}
+        return count
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 class RateLimiter:
     def __init__(self, storage: Storage, client: Redis | None = None) -> None:
         self._client = client  # the Redis behind `storage`, whose breaker guards its calls
         self._storage = storage
+        self._windows = LocalWindows()  # `consume` in this process (and when Redis fails)
         self._fallback_storage = MemoryStorage()
         self._strategy = MovingWindowRateLimiter(storage)
         self._fallback = MovingWindowRateLimiter(self._fallback_storage)
@@ -116,12 +146,15 @@ class RateLimiter:
         period = item.get_expiry()
         now = time.time() if now is None else now
         window = int(now // period)
-        counter = item.key_for(limit.name, key, str(window))
-        try:
-            count = await self._shared(lambda: self._storage.incr(counter, period))
-        except StorageError:
-            _log.warning("rate_limit_storage_unavailable", limit=limit.name)
-            count = await self._fallback_storage.incr(counter, period)
+        if self._client is None:  # this process's own counters
+            count = self._windows.incr(item.key_for(limit.name, key), window)
+        else:
+            counter = item.key_for(limit.name, key, str(window))
+            try:
+                count = await self._shared(lambda: self._storage.incr(counter, period))
+            except StorageError:
+                _log.warning("rate_limit_storage_unavailable", limit=limit.name)
+                count = self._windows.incr(item.key_for(limit.name, key), window)
         reset = max(1, math.ceil((window + 1) * period - now))
         return Usage(item.amount, max(0, item.amount - count), reset, count <= item.amount)
 
