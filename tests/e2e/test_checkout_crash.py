@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from ironcart.platform.database import create_engine
 from tests.support.psp import running_psp
-from tests.support.server import free_port, output_of, run_cli, running_server, server_environment
+from tests.support.server import free_port, migrate_and_seed, running_server, server_environment
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -60,14 +60,10 @@ async def stage(postgres_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
             postgres_url,
             {
                 **RECOVERY,
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
             },
         )
-        for args in (("migrate",), ("seed", "--products", "3")):
-            result = await run_cli(*args, env=env, timeout=120)
-            assert result.returncode == 0, output_of(result)
+        await migrate_and_seed(env)
         yield Stage(postgres_url, tmp_path, port, env, psp)
 
 

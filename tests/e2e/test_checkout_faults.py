@@ -30,7 +30,7 @@ import pytest
 
 from ironcart.platform.nats import JetStreamConsumer
 from tests.support.psp import running_psp
-from tests.support.server import free_port, output_of, run_cli, running_server, server_environment
+from tests.support.server import free_port, migrate_and_seed, running_server, server_environment
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -65,9 +65,7 @@ async def stage(postgres_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
         env = server_environment(
             postgres_url,
             {
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
                 "IRONCART_PAYMENTS__REQUEST_TIMEOUT_SECONDS": "3",
                 "IRONCART_PAYMENTS__CALL_DEADLINE_SECONDS": "6",
                 "IRONCART_PAYMENTS__RECONCILE_AFTER_SECONDS": "8",
@@ -78,9 +76,7 @@ async def stage(postgres_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
                 "IRONCART_RELAY__SUBJECT_PREFIX": prefix,
             },
         )
-        for args in (("migrate",), ("seed", "--products", "3")):
-            result = await run_cli(*args, env=env, timeout=120)
-            assert result.returncode == 0, output_of(result)
+        await migrate_and_seed(env)
         async with running_server(postgres_url, tmp_path, env=env, port=port) as server:
             try:
                 yield Stage(server.base_url, psp, env, stream, prefix)

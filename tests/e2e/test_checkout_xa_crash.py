@@ -143,9 +143,7 @@ async def test_xa_checkouts_killed_between_the_phases_end_all_or_nothing(
                 "IRONCART_XA__RECOVERY_INTERVAL_SECONDS": "0.3",
                 "IRONCART_ORDERING__IDEMPOTENCY_STALE_SECONDS": "2",
                 "IRONCART_DATABASE_POOL_SIZE": "5",
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
             },
         )
         # One `ironcart migrate` brings both databases to the same head.

@@ -61,9 +61,7 @@ async def stage(postgres_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
         env = server_environment(
             postgres_url,
             {
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
                 "IRONCART_SHIPPING__CARRIER_URL": carrier.url,
                 "IRONCART_SHIPPING__CARRIER_API_KEY": carrier.api_key,
                 "IRONCART_SHIPPING__WEBHOOK_SECRETS": orjson.dumps(

@@ -52,6 +52,7 @@ from tests.support.psp import PspProcess, running_psp
 from tests.support.server import (
     ServerProcess,
     free_port,
+    migrate_and_seed,
     output_of,
     run_cli,
     running_server,
@@ -156,14 +157,10 @@ async def stage(
             postgres_url,
             {
                 **SETTINGS,
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
             },
         )
-        for args in (("migrate",), ("seed", "--products", "3")):
-            result = await run_cli(*args, env=env, timeout=120)
-            assert result.returncode == 0, output_of(result)
+        await migrate_and_seed(env)
         if request.param == "psp":
             async with TcpProxy("127.0.0.1", psp.server.port) as proxy:
                 env["IRONCART_PAYMENTS__PSP_URL"] = f"http://127.0.0.1:{proxy.port}"

@@ -95,9 +95,7 @@ async def shop(postgres_url: str, redis_url: str, tmp_path: Path) -> AsyncIterat
             {
                 "IRONCART_REDIS_URL": redis_url,
                 "IRONCART_SERVER__GRACEFUL_SHUTDOWN_SECONDS": "3",
-                "IRONCART_PAYMENTS__PSP_URL": psp.url,
-                "IRONCART_PAYMENTS__PSP_API_KEY": psp.api_key,
-                "IRONCART_PAYMENTS__WEBHOOK_SECRET": psp.secret,
+                **psp.shop_env(),
                 "IRONCART_SHIPPING__CARRIER_URL": carrier.url,
                 "IRONCART_SHIPPING__CARRIER_API_KEY": carrier.api_key,
                 "IRONCART_SHIPPING__WEBHOOK_SECRETS": orjson.dumps(

@@ -55,6 +55,14 @@ class PspProcess:
     def pid(self) -> int:
         return self.server.pid
 
+    def shop_env(self) -> dict[str, str]:
+        """The settings that make an IronCart process use this PSP (URL, key, webhook secret)."""
+        return {
+            "IRONCART_PAYMENTS__PSP_URL": self.url,
+            "IRONCART_PAYMENTS__PSP_API_KEY": self.api_key,
+            "IRONCART_PAYMENTS__WEBHOOK_SECRET": self.secret,
+        }
+
     def client(self, *, timeout: float = 10.0) -> httpx.AsyncClient:
         """An HTTP client for this PSP, authenticated with its api key."""
         return httpx.AsyncClient(

@@ -62,6 +62,13 @@ async def run_cli(
         )
 
 
+async def migrate_and_seed(env: Mapping[str, str], *, products: int = 3) -> None:
+    """`ironcart migrate`, then `ironcart seed --products N` (demo accounts and a catalog)."""
+    for args in (("migrate",), ("seed", "--products", str(products))):
+        result = await run_cli(*args, env=env, timeout=120)
+        assert result.returncode == 0, output_of(result)
+
+
 def output_of(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stdout or b"").decode() + (result.stderr or b"").decode()
 
