@@ -59,6 +59,16 @@ ORDER_BODY: dict[str, Any] = {
 }
 
 
+async def _payments_followed_up(psp: Any, timeout: float = 30.0) -> dict[str, str]:
+    """Each payment's status by order id, once no authorization is left undecided."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, payments = await psp_view(psp)
+        if "authorized" not in payments.values() or time.monotonic() > deadline:
+            return payments
+        await anyio.sleep(0.2)
+
+
 @dataclass
 class Crash:
     point: str
@@ -186,9 +196,11 @@ async def test_xa_checkouts_killed_between_the_phases_end_all_or_nothing(
                 for crash in crashes:
                     crash.headers["Authorization"] = token["Authorization"]
                     replays[crash.point] = await _replay(client, crash)
+            # The capture or void that follows each decision is the recovery job's next
+            # step: read the PSP once none is left pending, while the server still runs.
+            payments = await _payments_followed_up(psp)
 
         assert waited < 60
-        _, payments = await psp_view(psp)
         sold = 0
         for crash in crashes:
             order_id, status, gid = await _order_of_key(
